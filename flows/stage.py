@@ -1,0 +1,64 @@
+"""The body shared by every stage flow, and the factory that makes one flow per stage."""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from prefect import flow
+from prefect.runtime import flow_run
+from prefect.states import Failed, State
+
+from k2core.config import PipelineConfig
+from k2core.runs import RunRecorder, new_run_id
+from k2core.stage import GateFailed, K2Error, get_stage
+from k2core.store import open_store
+from tasks.stage import execute_stage, plan_stage, publish_summary
+
+
+def open_config_store(cfg: PipelineConfig):
+    return open_store(cfg.store.uri, cfg.store.s3_endpoint_url, cfg.store.s3_region)
+
+
+def run_stage(name: str, config: PipelineConfig, force: bool = False, run_id: str | None = None,
+              inputs: dict[str, str] | None = None) -> dict[str, Any] | State:
+    """Plan -> execute -> publish one stage, recording it in the run record."""
+    store = open_config_store(config)
+    fr_id = str(flow_run.id) if flow_run.id else None
+    recorder = RunRecorder.load(store, run_id) if run_id else None
+    try:
+        planned = plan_stage(config, store, name, inputs or {})
+        if recorder is None:  # the stage flow triggered on its own (a per-stage deployment)
+            recorder = RunRecorder.start(store, new_run_id(), config.model_dump(mode="json"), [planned],
+                                         "prefect", flow_run_id=fr_id)
+        recorder.stage_started(name, fr_id)
+        outcome = execute_stage(planned, config, store, force, recorder.record.run_id, fr_id)
+    except K2Error as e:  # planning failed (e.g. a missing source)
+        outcome = e
+    except Exception as e:
+        if recorder is not None:
+            recorder.stage_failed(name, e, gate_failed=False)
+        raise
+    if isinstance(outcome, K2Error):
+        if isinstance(outcome, GateFailed):
+            publish_summary(name, planned.version, "gate failed", {"code_version": planned.code,
+                            "inputs": planned.inputs}, outcome.report.to_dict(), outcome.location, planned.reason)
+        if recorder is not None:
+            recorder.stage_failed(name, outcome, gate_failed=isinstance(outcome, GateFailed))
+        return Failed(message=str(outcome))
+    publish_summary(name, outcome.version, outcome.status.replace("_", " "), outcome.manifest,
+                    outcome.gate, outcome.location, outcome.reason)
+    recorder.stage_done(outcome, fr_id)
+    return {"stage": name, "version": outcome.version, "status": outcome.status}
+
+
+@functools.cache
+def stage_flow(name: str):
+    """The Prefect flow of one registered stage (created once per stage)."""
+    spec = get_stage(name)
+
+    @flow(name=name, description=spec.description, validate_parameters=True)
+    def _flow(config: PipelineConfig = PipelineConfig(), force: bool = False, run_id: str | None = None,
+              inputs: dict[str, str] | None = None) -> dict[str, Any] | State:
+        return run_stage(name, config, force, run_id, inputs)
+
+    return _flow

@@ -1,0 +1,165 @@
+"""Typed pipeline configuration: one section per stage, profiles as code, YAML + dotted overrides.
+
+Resolution order (later wins): section defaults < profile < YAML file < ``--set key=value``.
+Every stage's version hashes only its own section, so settings that do not change results
+(the store location, say) never invalidate the cache.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names field, value and what is allowed."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class StoreConfig(Section):
+    """Where artifacts live. Not part of any stage version."""
+
+    uri: str = Field(default_factory=lambda: os.environ.get("K2_STORE", "./k2-store"),
+                     description="local directory or s3://bucket/prefix")
+    s3_endpoint_url: str | None = Field(
+        default_factory=lambda: os.environ.get("K2_S3_ENDPOINT_URL"),
+        description="S3-compatible endpoint (MinIO, R2, Ceph); None = AWS or AWS_ENDPOINT_URL")
+    s3_region: str | None = Field(default_factory=lambda: os.environ.get("K2_S3_REGION"),
+                                  description="S3 region; None = the AWS chain's default")
+
+
+class IngestConfig(Section):
+    """Raw documents -> normalised Parquet shards (the `ingest` stage)."""
+
+    source: str = Field("stdlib", description="stdlib | file | directory | glob | s3://bucket/prefix")
+    text_field: str = Field("text", min_length=1, description="record field holding the text")
+    id_field: str | None = Field(None, description="record field with the source's own id (kept as meta)")
+    max_docs: int | None = Field(None, ge=1, description="stop after this many accepted documents")
+    shard_docs: int = Field(10_000, ge=1, description="documents per output shard")
+    shard_bytes: int = Field(128 << 20, ge=1024, description="text bytes per output shard")
+    min_docstring_chars: int = Field(200, ge=0,
+                                     description="stdlib source: shortest docstring document kept")
+    max_reject_fraction: float = Field(0.5, ge=0.0, le=1.0,
+                                       description="gate: largest tolerated fraction of rejected records")
+
+
+class PipelineConfig(Section):
+    """The whole pipeline. Later stages add their sections here."""
+
+    profile: Literal["tiny", "h200", "cluster"] = "tiny"
+    seed: int = 0
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+
+
+# ---------------------------------------------------------------------------- profiles
+# Profiles are overrides applied on top of the section defaults. `tiny` is the embedded
+# default (a laptop CPU, minutes); `h200` and `cluster` are filled in by the issues that
+# bring GPU training, Dask clusters and vLLM.
+PROFILES: dict[str, dict[str, Any]] = {
+    "tiny": {"ingest": {"max_docs": 2000, "shard_docs": 1000}},
+    "h200": {"ingest": {"max_docs": None}},
+    "cluster": {"ingest": {"max_docs": None, "shard_docs": 50_000}},
+}
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def parse_override(item: str) -> dict[str, Any]:
+    """``a.b.c=value`` -> ``{"a": {"b": {"c": value}}}``; the value is read as a YAML scalar."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set expects dotted.key=value, got {item!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    node: dict[str, Any] = {}
+    cur = node
+    parts = key.split(".")
+    for part in parts[:-1]:
+        cur[part] = {}
+        cur = cur[part]
+    cur[parts[-1]] = value
+    return node
+
+
+def _allowed(model: type[BaseModel], loc: tuple) -> str:
+    """The field names allowed at `loc` (for unknown-field errors)."""
+    cur: Any = model
+    for part in loc[:-1]:
+        field = cur.model_fields.get(part) if isinstance(cur, type) and issubclass(cur, BaseModel) else None
+        if field is None:
+            return ""
+        cur = field.annotation
+    if isinstance(cur, type) and issubclass(cur, BaseModel):
+        return ", ".join(cur.model_fields)
+    return ""
+
+
+def _format_error(err: ValidationError, data: dict[str, Any]) -> str:
+    lines = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        name = ".".join(str(p) for p in loc)
+        value = e.get("input")
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{name}: unknown field (value {value!r}); allowed: {_allowed(PipelineConfig, loc)}")
+        else:
+            lines.append(f"{name} = {value!r}: {e['msg']}")
+    return "invalid config: " + "; ".join(lines)
+
+
+def load_config(profile: str | None = None, config_file: str | Path | None = None,
+                overrides: list[str] | tuple[str, ...] = (), values: dict[str, Any] | None = None,
+                base: dict[str, Any] | None = None) -> PipelineConfig:
+    """Build and validate the pipeline config; raise ConfigError before any work is done.
+
+    `values` are typed overrides applied last (CLI flags such as --source); `base` replaces the
+    profile defaults (a rerun starts from the earlier run's config).
+    """
+    file_data: dict[str, Any] = {}
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        try:
+            file_data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {e}") from None
+        if not isinstance(file_data, dict):
+            raise ConfigError(f"config file {str(path)!r} must hold a mapping, got {type(file_data).__name__}")
+    set_data: dict[str, Any] = {}
+    for item in overrides:
+        set_data = deep_merge(set_data, parse_override(item))
+    set_data = deep_merge(set_data, values or {})
+    name = set_data.get("profile") or file_data.get("profile") or profile or \
+        (base or {}).get("profile") or "tiny"
+    if name not in PROFILES:
+        raise ConfigError(f"profile = {name!r}: unknown profile; allowed: {', '.join(PROFILES)}")
+    data = deep_merge(deep_merge(deep_merge({}, base if base is not None else PROFILES[name]), file_data),
+                      set_data)
+    data["profile"] = name
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_error(e, data)) from None
+
+
+def to_yaml(cfg: PipelineConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

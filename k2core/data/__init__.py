@@ -1,0 +1,1 @@
+"""Data stages: ingest (and, later, curation, rephrasing, tokenisation)."""

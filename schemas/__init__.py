@@ -1,0 +1,1 @@
+"""Schemas of everything passed between stages: Arrow schemas, pydantic records, expectation suites."""

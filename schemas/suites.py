@@ -1,0 +1,27 @@
+"""Expectation suites: each stage's quality gate, as Great Expectations expectation specs.
+
+A spec is ``{"type": <GE expectation class name>, **kwargs}``; k2core.quality turns it into the
+GE object at gate time (GE is imported lazily: it costs seconds). Metric checks cover what data
+expectations do not (rates, losses).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+
+def ingest_suite(cfg: Any) -> dict[str, Any]:
+    return {
+        "name": "ingest",
+        "columns": ["id", "n_chars", "source"],
+        "expectations": [
+            {"type": "ExpectTableRowCountToBeBetween", "min_value": 1},
+            {"type": "ExpectColumnValuesToNotBeNull", "column": "id"},
+            {"type": "ExpectColumnValuesToBeUnique", "column": "id"},
+            {"type": "ExpectColumnValuesToMatchRegex", "column": "id", "regex": "^[0-9a-f]{32}$"},
+            {"type": "ExpectColumnValuesToBeBetween", "column": "n_chars", "min_value": 1},
+            {"type": "ExpectColumnValuesToNotBeNull", "column": "source"},
+        ],
+        "metric_checks": [
+            {"metric": "reject_fraction", "max": cfg.max_reject_fraction},
+        ],
+    }

@@ -1,0 +1,1 @@
+"""Prefect tasks: thin wrappers around k2core calls (retries, logging, UI artifacts)."""

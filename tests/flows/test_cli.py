@@ -1,0 +1,99 @@
+"""The `k2` command as a user runs it: a subprocess of the installed console script."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SECRET, write_jsonl
+
+K2 = str(Path(sys.executable).parent / "k2")
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    e = dict(os.environ)
+    e.pop("PREFECT_API_URL", None)
+    e["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
+    e["K2_CACHE"] = str(tmp_path_factory.mktemp("k2-cache"))
+    return e
+
+
+def k2(*args, env, check=True):
+    p = subprocess.run([K2, *map(str, args)], capture_output=True, text=True, env=env, timeout=600)
+    if check and p.returncode != 0:
+        raise AssertionError(f"k2 {' '.join(map(str, args))} -> {p.returncode}\n{p.stdout}\n{p.stderr[-3000:]}")
+    return p
+
+
+def test_help_and_stages(env):
+    assert "rerun" in k2("--help", env=env).stdout
+    rows = json.loads(k2("stages", "--json", env=env).stdout)
+    assert rows[0]["stage"] == "ingest" and "source" in rows[0]["fields"]
+
+
+def test_invalid_config_fails_before_work(tmp_path, env):
+    p = k2("run", "--store", tmp_path / "s", "--set", "ingest.shard_docs=-1", env=env, check=False)
+    assert p.returncode == 2
+    assert p.stderr.strip() == ("k2: invalid config: ingest.shard_docs = -1: Input should be greater than "
+                                "or equal to 1")
+    assert not (tmp_path / "s").exists()
+
+
+def test_missing_source_is_one_line(tmp_path, env):
+    p = k2("run", "--stages", "ingest", "--source", tmp_path / "nope.jsonl", "--store", tmp_path / "s",
+           env=env, check=False)
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert p.stderr.strip() == f"k2: error: source {tmp_path / 'nope.jsonl'}: does not exist"
+
+
+def _run_twice_and_inspect(store, src, env):
+    first = json.loads(k2("run", "--stages", "ingest", "--source", src, "--store", store, "--json", env=env).stdout)
+    assert first["status"] == "completed" and first["orchestrator"] == "prefect (ephemeral API)"
+    [s] = first["stages"]
+    assert s["status"] == "computed" and s["flow_run_id"] and s["metrics"]["docs"] == 30
+    second = json.loads(k2("run", "--stages", "ingest", "--source", src, "--store", store, "--json", env=env).stdout)
+    assert [x["status"] for x in second["stages"]] == ["cache_hit"] and second["stages"][0]["version"] == s["version"]
+    shown = json.loads(k2("show", s["version"], "--store", store, "--json", env=env).stdout)
+    assert shown["metrics"]["docs"] == 30 and shown["metrics"]["rejects_by_reason"] == {"invalid_json": 1}
+    assert shown["quality"]["success"] is True
+    lin = k2("lineage", "ingest", "--store", store, env=env).stdout
+    assert f"ingest/{s['version']}" in lin and f"source: {src.resolve() if isinstance(src, Path) else src}" in lin
+    runs = json.loads(k2("runs", "--store", store, "--json", env=env).stdout)
+    assert {r["run_id"] for r in runs} == {first["run_id"], second["run_id"]}
+    return first, s
+
+
+@pytest.mark.slow
+def test_run_twice_local_then_rerun(tmp_path, env):
+    src = write_jsonl(tmp_path / "docs.jsonl", [{"text": f"document {i}"} for i in range(30)] + ["{broken"])
+    store = tmp_path / "store"
+    first, s = _run_twice_and_inspect(store, src, env)
+    assert (store / "artifacts" / "ingest" / s["version"] / "manifest.json").is_file()
+    human = k2("show", first["run_id"], "--store", store, env=env).stdout
+    assert "ingest" in human and "computed" in human and "completed" in human
+    rerun = json.loads(k2("rerun", "ingest", "--run", first["run_id"], "--store", store,
+                          "--set", "ingest.max_docs=10", "--json", env=env).stdout)
+    assert rerun["rerun_of"] == first["run_id"] and rerun["stages"][0]["status"] == "computed"
+    assert rerun["stages"][0]["metrics"]["docs"] == 10
+    assert rerun["stages"][0]["reason"] == "config changed: ingest.max_docs"
+
+
+@pytest.mark.slow
+def test_run_twice_on_s3(tmp_path, env, s3_endpoint, bucket):
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    body = "".join(json.dumps({"text": f"document {i}"}) + "\n" for i in range(30)) + "{broken\n"
+    client.put_object(Bucket=bucket, Key="raw/docs.jsonl", Body=body.encode())
+    e = dict(env, K2_S3_ENDPOINT_URL=s3_endpoint, AWS_ACCESS_KEY_ID="k2-test-key", AWS_SECRET_ACCESS_KEY=SECRET,
+             AWS_DEFAULT_REGION="us-east-1")
+    store = f"s3://{bucket}/k2"
+    first, s = _run_twice_and_inspect(store, f"s3://{bucket}/raw/docs.jsonl", e)
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="k2/")["Contents"]]
+    assert f"k2/artifacts/ingest/{s['version']}/manifest.json" in keys
+    for key in keys:  # credentials appear in no manifest or run record
+        if key.endswith(".json"):
+            assert SECRET not in client.get_object(Bucket=bucket, Key=key)["Body"].read().decode()

@@ -1,0 +1,62 @@
+import pytest
+
+from k2core.config import ConfigError, PipelineConfig, load_config, parse_override
+
+
+def test_tiny_is_the_default_profile():
+    cfg = load_config()
+    assert cfg.profile == "tiny"
+    assert cfg.ingest.max_docs == 2000 and cfg.ingest.source == "stdlib"
+
+
+def test_profiles_change_sections():
+    assert load_config("h200").ingest.max_docs is None
+    assert load_config("cluster").ingest.shard_docs == 50_000
+
+
+def test_yaml_then_set_overrides(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("profile: h200\ningest:\n  shard_docs: 7\n  max_docs: 9\n")
+    cfg = load_config(config_file=f, overrides=["ingest.max_docs=11", "seed=3"])
+    assert (cfg.profile, cfg.ingest.shard_docs, cfg.ingest.max_docs, cfg.seed) == ("h200", 7, 11, 3)
+    assert load_config(overrides=["ingest.max_docs=null"]).ingest.max_docs is None
+
+
+def test_typed_values_beat_everything():
+    cfg = load_config(overrides=["ingest.source=a.jsonl"], values={"ingest": {"source": "123"}})
+    assert cfg.ingest.source == "123"
+
+
+def test_invalid_value_names_field_value_and_rule():
+    with pytest.raises(ConfigError) as e:
+        load_config(overrides=["ingest.shard_docs=abc"])
+    msg = str(e.value)
+    assert "ingest.shard_docs" in msg and "'abc'" in msg and "valid integer" in msg
+    with pytest.raises(ConfigError, match=r"ingest.max_reject_fraction = 2: .*less than or equal to 1"):
+        load_config(overrides=["ingest.max_reject_fraction=2"])
+
+
+def test_unknown_field_lists_allowed():
+    with pytest.raises(ConfigError) as e:
+        load_config(overrides=["ingest.shrd_docs=5"])
+    assert "ingest.shrd_docs: unknown field" in str(e.value)
+    assert "shard_docs" in str(e.value) and "max_docs" in str(e.value)
+
+
+def test_unknown_profile_and_bad_set_syntax(tmp_path):
+    with pytest.raises(ConfigError, match="unknown profile; allowed: tiny, h200, cluster"):
+        load_config("huge")
+    with pytest.raises(ConfigError, match="--set expects dotted.key=value"):
+        parse_override("ingest.max_docs")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(config_file=tmp_path / "missing.yaml")
+    (tmp_path / "l.yaml").write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_config(config_file=tmp_path / "l.yaml")
+
+
+def test_store_section_reads_environment(monkeypatch):
+    monkeypatch.setenv("K2_STORE", "s3://bucket/p")
+    monkeypatch.setenv("K2_S3_ENDPOINT_URL", "http://127.0.0.1:9000")
+    cfg = PipelineConfig()
+    assert cfg.store.uri == "s3://bucket/p" and cfg.store.s3_endpoint_url == "http://127.0.0.1:9000"
