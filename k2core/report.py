@@ -52,9 +52,13 @@ def stage_markdown(stage: str, version: str, status: str, manifest: dict[str, An
     return "\n".join(lines) + "\n"
 
 
+HEADLINE = ("docs", "rows", "rejected", "reject_fraction", "text_bytes", "loss", "accuracy")
+
+
 def key_metrics(metrics: dict[str, Any], limit: int = 4) -> str:
-    """A short 'docs=2000 rejected=3 …' line for tables."""
+    """A short 'docs=2000 rejected=3 …' line for tables: headline metrics first."""
     simple = [(k, v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    simple.sort(key=lambda kv: HEADLINE.index(kv[0]) if kv[0] in HEADLINE else len(HEADLINE))
     return " ".join(f"{k}={fmt_value(v)}" for k, v in simple[:limit])
 
 
