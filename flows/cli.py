@@ -216,6 +216,19 @@ def cmd_config(args) -> int:
     return 0
 
 
+def cmd_sandbox_run(args) -> int:
+    from k2core.sandbox import Limits, run
+
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    if not argv:
+        raise SystemExit("k2 sandbox run: give the command after --, e.g. k2 sandbox run -- python prog.py")
+    stdin = open(args.stdin, "rb").read() if args.stdin else b""
+    limits = Limits(timeout_s=args.timeout, memory_mb=args.memory)
+    result = run(argv, stdin=stdin, files_dir=args.files, limits=limits, layer=args.isolation)
+    print(result.to_json())
+    return 0
+
+
 # ---------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="k2", description="k2: train a Kimi-K2-architecture model end to end "
@@ -266,6 +279,20 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp)
     sp.set_defaults(func=cmd_stages)
 
+    sb = sub.add_parser("sandbox", help="run untrusted code in the execution sandbox")
+    sbsub = sb.add_subparsers(dest="sandbox_command", required=True, metavar="SUBCOMMAND")
+    sp = sbsub.add_parser("run", help="run a command in the sandbox and print a JSON result",
+                          usage="k2 sandbox run [--timeout S] [--memory MB] [--files DIR] [--stdin FILE] "
+                                "-- python prog.py")
+    sp.add_argument("--timeout", type=float, default=10.0, help="wall-clock seconds (default 10)")
+    sp.add_argument("--memory", type=int, default=512, help="address-space limit in MB (default 512)")
+    sp.add_argument("--files", metavar="DIR", help="copied into the private work dir first")
+    sp.add_argument("--stdin", metavar="FILE", help="fed to the program's standard input")
+    sp.add_argument("--isolation", choices=["bubblewrap", "unshare", "rlimits"],
+                    help="force a layer (default: the strongest that works here)")
+    sp.add_argument("argv", nargs=argparse.REMAINDER)
+    sp.set_defaults(func=cmd_sandbox_run)
+
     sp = sub.add_parser("config", help="print the resolved config")
     common(sp, cfg_opts=True)
     sp.add_argument("--source", help=argparse.SUPPRESS)
@@ -277,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from k2core.config import ConfigError
     from k2core.stage import K2Error
+    from k2core.sandbox import SandboxError
     from k2core.store import StoreError
 
     try:
@@ -284,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"k2: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except (K2Error, StoreError) as e:
+    except (K2Error, StoreError, SandboxError) as e:
         print(f"k2: error: {e}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

@@ -1,0 +1,519 @@
+"""Execution sandbox for model-generated code: treated as hostile.
+
+Layers, strongest available first (detected once, reported in every result):
+
+- ``bubblewrap``: fresh user/pid/net/ipc/uts/cgroup namespaces; read-only /usr; private tmpfs
+  /tmp; the work dir bind-mounted at /work; nothing else of the host visible (no /etc, /home,
+  /root, the store); no network interfaces but loopback.
+- ``unshare``: user + pid + network namespaces (util-linux), so no network and no host processes;
+  the file system is the host's, guarded only by running as an unprivileged uid.
+- ``rlimits``: resource limits and an unprivileged uid alone — a loud warning is logged.
+
+Always: rlimits (CPU, address space, processes, file size, open files, no core dumps) through
+util-linux ``prlimit``; a per-slot unprivileged uid when k2 runs as root (root ignores
+RLIMIT_NPROC, so a shared uid would let a fork bomb through); a new session whose process group
+is killed on timeout and after exit; a minimal environment; a private work dir removed afterwards.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+log = logging.getLogger("k2.sandbox")
+
+LAYERS = ("bubblewrap", "unshare", "rlimits")
+SANDBOX_PYTHON = "/usr/bin/python3"   # outside /root, so an unprivileged uid can run it
+BASE_UID = 61000                      # slot i runs as uid/gid BASE_UID + i (when k2 is root)
+WORK = "/work"                        # the work dir's path inside a bubblewrap sandbox
+
+
+class SandboxError(RuntimeError):
+    """The sandbox itself cannot run (not the program inside it failing)."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    timeout_s: float = 10.0           # wall clock; the process group is killed after it
+    cpu_s: int | None = None          # CPU seconds (RLIMIT_CPU); default: ceil(timeout) + 1
+    memory_mb: int = 512              # address space (RLIMIT_AS)
+    max_procs: int = 64               # processes/threads of the slot's uid (RLIMIT_NPROC)
+    max_file_mb: int = 64             # largest file the program may write (RLIMIT_FSIZE)
+    max_open_files: int = 256         # RLIMIT_NOFILE
+    max_output_bytes: int = 1 << 20   # per stream; more kills the program (stopped_by=output_limit)
+
+
+@dataclass
+class SandboxResult:
+    exit_code: int | None             # None when killed by a signal
+    stdout: str
+    stderr: str
+    wall_s: float
+    cpu_s: float
+    peak_memory_mb: float
+    stopped_by: str | None            # timeout | cpu_time | memory | file_size | output_limit | signal
+    signal: str | None
+    isolation: str
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and self.stopped_by is None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+
+# ---------------------------------------------------------------------------- slots and uids
+class _Slots:
+    """Unprivileged uids handed to concurrent runs, one each (so RLIMIT_NPROC is per run)."""
+
+    def __init__(self, n: int = 64):
+        self._free = list(range(n))
+        self._cv = threading.Condition()
+
+    def acquire(self) -> int:
+        with self._cv:
+            while not self._free:
+                self._cv.wait()
+            return self._free.pop(0)
+
+    def release(self, slot: int) -> None:
+        with self._cv:
+            self._free.append(slot)
+            self._cv.notify()
+
+
+_SLOTS = _Slots()
+
+
+def _is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def _user_procs() -> int:
+    uid = os.getuid()
+    return sum(1 for p in Path("/proc").iterdir() if p.name.isdigit() and _owner(p) == uid)
+
+
+def _owner(p: Path) -> int | None:
+    try:
+        return p.stat().st_uid
+    except OSError:
+        return None
+
+
+def _usage_of_uid(uid: int) -> tuple[float, float]:
+    """(CPU seconds, largest resident MB) of a slot uid's live processes, read before a kill:
+    killed processes are never reaped into wait4's rusage."""
+    tick = os.sysconf("SC_CLK_TCK")
+    cpu = peak = 0.0
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit() or _owner(p) != uid:
+            continue
+        try:
+            fields = (p / "stat").read_text().rsplit(")", 1)[1].split()
+            cpu += (int(fields[11]) + int(fields[12])) / tick
+            for line in (p / "status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]) / 1024)
+        except (OSError, IndexError, ValueError):
+            continue
+    return cpu, peak
+
+
+def uid_processes(uid: int) -> list[int]:
+    """Live (non-zombie) processes of a uid."""
+    pids = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit() and _owner(p) == uid:
+            try:
+                if (p / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                    pids.append(int(p.name))
+            except (OSError, IndexError):
+                continue
+    return pids
+
+
+def _kill_uid(uid: int, wait_s: float = 5.0) -> None:
+    """Kill every process left under a slot uid (daemonised children that left the group) and
+    wait until none is alive, so the slot is clean for its next run."""
+    deadline = time.monotonic() + wait_s
+    while (pids := uid_processes(uid)) and time.monotonic() < deadline:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.01)
+    if pids:
+        log.error("sandbox slot uid %d still has processes %s after SIGKILL", uid, pids)
+
+
+# ---------------------------------------------------------------------------- layers
+def _ro_root_binds() -> list[str]:
+    args = ["--ro-bind", "/usr", "/usr"]
+    for top in ("/bin", "/lib", "/lib64", "/sbin"):
+        if os.path.islink(top):
+            args += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            args += ["--ro-bind", top, top]
+    return args
+
+
+def _wrap(layer: str, argv: Sequence[str], workdir: Path, env: dict[str, str]) -> tuple[list[str], str]:
+    """The command line for `layer`, and the program's working directory as the host sees it."""
+    if layer == "bubblewrap":
+        cmd = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+               *_ro_root_binds(), "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
+               "--bind", str(workdir), WORK, "--chdir", WORK, "--hostname", "sandbox", "--clearenv"]
+        for k, v in env.items():
+            cmd += ["--setenv", k, v]
+        return cmd + ["--", *argv], "/"
+    if layer == "unshare":
+        return ["unshare", "--user", "--map-root-user", "--net", "--pid", "--fork", "--kill-child", "--",
+                *argv], str(workdir)
+    return list(argv), str(workdir)
+
+
+def _probe(layer: str) -> bool:
+    if layer == "bubblewrap" and not shutil.which("bwrap"):
+        return False
+    if layer == "unshare" and not shutil.which("unshare"):
+        return False
+    with tempfile.TemporaryDirectory(prefix="k2-sbx-probe-") as d:
+        try:
+            r = _execute(layer, [SANDBOX_PYTHON, "-c", "print('ok')"], Path(d), {}, Limits(timeout_s=20), b"")
+        except (OSError, SandboxError):
+            return False
+    return r.exit_code == 0 and r.stdout.strip() == "ok"
+
+
+@functools.cache
+def detect_isolation() -> str:
+    """The strongest layer that works here (probed once per process)."""
+    if not Path(SANDBOX_PYTHON).exists():
+        raise SandboxError(f"sandbox interpreter {SANDBOX_PYTHON} not found (Debian: apt-get install python3)")
+    for layer in LAYERS[:-1]:
+        if _probe(layer):
+            return layer
+    log.warning("SANDBOX WARNING: neither bubblewrap nor user namespaces work here; untrusted code "
+                "runs with rlimits and an unprivileged uid only — it can read world-readable files "
+                "and reach the network. Install bubblewrap (apt-get install bubblewrap).")
+    return "rlimits"
+
+
+# ---------------------------------------------------------------------------- running
+# Runs inside the sandbox: forks the program, waits, writes its peak RSS (KB) and CPU seconds.
+# wait4 outside cannot measure this: Linux carries the spawning process's own RSS high-water
+# mark into the child's maxrss. The report is telemetry only (the program could overwrite it).
+_LAUNCHER = """import os, sys, signal, resource
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(sys.argv[2], sys.argv[2:])
+    except OSError as e:
+        os.write(2, f"cannot run {sys.argv[2]}: {e}\\n".encode()); os._exit(127)
+_, status = os.waitpid(pid, 0)
+ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+try:
+    with open(sys.argv[1], "w") as f:
+        f.write(f"{ru.ru_maxrss} {ru.ru_utime + ru.ru_stime}")
+except OSError:
+    pass
+if os.WIFSIGNALED(status):
+    sig = os.WTERMSIG(status)
+    signal.signal(sig, signal.SIG_DFL)
+    os.kill(os.getpid(), sig)
+os._exit(os.waitstatus_to_exitcode(status))
+"""
+USAGE_FILE = ".k2-usage"
+
+
+def _minimal_env() -> dict[str, str]:
+    return {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": WORK, "LANG": "C.UTF-8",
+            "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _reader(stream, cap: int, out: list, on_overflow) -> None:
+    total, buf = 0, []
+    while chunk := stream.read(65536):
+        if total < cap:
+            buf.append(chunk[: cap - total])
+        total += len(chunk)
+        if total > cap:
+            on_overflow()
+            break
+    out.extend([b"".join(buf), total > cap])
+
+
+def _execute(layer: str, argv: Sequence[str], workdir: Path, env: dict[str, str], limits: Limits,
+             stdin: bytes, uid: int | None = None) -> SandboxResult:
+    cpu = limits.cpu_s if limits.cpu_s is not None else int(limits.timeout_s) + 1
+    nproc = limits.max_procs if uid is not None else limits.max_procs + _user_procs()
+    prlimit = ["prlimit", f"--cpu={cpu}:{cpu + 1}", f"--as={limits.memory_mb << 20}",
+               f"--nproc={nproc}", f"--fsize={limits.max_file_mb << 20}",
+               f"--nofile={limits.max_open_files}", "--core=0", "--"]
+    env = dict(_minimal_env(), **env)
+    report = f"{WORK}/{USAGE_FILE}" if layer == "bubblewrap" else str(workdir / USAGE_FILE)
+    cmd, cwd = _wrap(layer, [SANDBOX_PYTHON, "-S", "-c", _LAUNCHER, report, *argv], workdir, env)
+    ids = {"user": uid, "group": uid, "extra_groups": []} if uid is not None else {}
+    t0 = time.monotonic()
+    try:
+        proc = subprocess.Popen(prlimit + cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, cwd=cwd, env=env if layer != "bubblewrap" else {},
+                                start_new_session=True, close_fds=True, **ids)
+    except FileNotFoundError as e:
+        raise SandboxError(f"cannot start the sandbox: {e}") from None
+    killed_for: list[str] = []
+    live_usage = [0.0, 0.0]
+
+    def kill(reason: str) -> None:
+        if not killed_for:
+            killed_for.append(reason)
+            if uid is not None:
+                live_usage[:] = _usage_of_uid(uid)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    outs: list = []
+    errs: list = []
+    readers = [threading.Thread(target=_reader, args=(proc.stdout, limits.max_output_bytes, outs,
+                                                      lambda: kill("output_limit")), daemon=True),
+               threading.Thread(target=_reader, args=(proc.stderr, limits.max_output_bytes, errs,
+                                                      lambda: kill("output_limit")), daemon=True)]
+    for t in readers:
+        t.start()
+
+    def feed() -> None:
+        try:
+            if stdin:
+                proc.stdin.write(stdin)
+            proc.stdin.close()
+        except (BrokenPipeError, OSError):
+            pass
+
+    threading.Thread(target=feed, daemon=True).start()
+    waited: list = []
+    waiter = threading.Thread(target=lambda: waited.append(os.wait4(proc.pid, 0)), daemon=True)
+    waiter.start()
+    waiter.join(limits.timeout_s)
+    if waiter.is_alive():
+        kill("timeout")
+        waiter.join()
+    wall = time.monotonic() - t0
+    try:  # background processes the program left in its group die with it
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    for t in readers:
+        t.join(5)
+    _, status, usage = waited[0]
+    proc.returncode = os.waitstatus_to_exitcode(status)  # already reaped by wait4
+    code: int | None = proc.returncode
+    sig = None
+    if code is not None and code < 0:
+        sig, code = signal.Signals(-code), None
+    elif code is not None and code > 128 and layer in ("bubblewrap", "unshare"):
+        try:  # the wrapper reports a signalled child as 128 + signal
+            sig, code = signal.Signals(code - 128), None
+        except ValueError:
+            pass
+    stdout, out_trunc = (outs + [b"", False])[:2]
+    stderr, err_trunc = (errs + [b"", False])[:2]
+    err_text = stderr.decode("utf-8", "replace")
+    cpu_used, peak_mb = max(usage.ru_utime + usage.ru_stime, live_usage[0]), live_usage[1]
+    try:
+        kb, secs = (workdir / USAGE_FILE).read_text().split()
+        cpu_used, peak_mb = max(cpu_used, float(secs)), max(peak_mb, int(kb) / 1024)
+    except (OSError, ValueError):
+        pass  # killed before the launcher could report: the /proc sample stands
+    stopped = killed_for[0] if killed_for else None
+    if stopped is None:
+        if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu_used >= cpu):
+            stopped = "cpu_time"
+        elif sig == signal.SIGXFSZ or "File too large" in err_text:
+            stopped = "file_size"
+        elif "MemoryError" in err_text or "Cannot allocate memory" in err_text:
+            stopped = "memory"
+        elif sig is not None:
+            stopped = "signal"
+    return SandboxResult(exit_code=code, stdout=stdout.decode("utf-8", "replace"), stderr=err_text,
+                         wall_s=round(wall, 4), cpu_s=round(cpu_used, 4),
+                         peak_memory_mb=round(peak_mb, 2), stopped_by=stopped,
+                         signal=sig.name if sig else None, isolation=layer,
+                         stdout_truncated=bool(out_trunc), stderr_truncated=bool(err_trunc))
+
+
+def run(argv: Sequence[str], *, stdin: bytes | str = b"", files: dict[str, bytes | str] | None = None,
+        files_dir: str | Path | None = None, limits: Limits = Limits(), layer: str | None = None,
+        env: dict[str, str] | None = None) -> SandboxResult:
+    """Run `argv` (``python`` means the sandbox interpreter) in a fresh private work dir.
+
+    `files` (relative path -> content) and the contents of `files_dir` are copied into the work
+    dir first. The work dir is deleted afterwards.
+    """
+    layer = layer or detect_isolation()
+    if layer not in LAYERS:
+        raise SandboxError(f"unknown isolation layer {layer!r}; one of {', '.join(LAYERS)}")
+    argv = [SANDBOX_PYTHON if a in ("python", "python3") and i == 0 else a for i, a in enumerate(argv)]
+    slot = _SLOTS.acquire()
+    uid = BASE_UID + slot if _is_root() else None
+    base = Path(tempfile.gettempdir()) / "k2-sandbox"
+    base.mkdir(mode=0o711, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="run-", dir=base))
+    try:
+        if files_dir is not None:
+            shutil.copytree(files_dir, workdir, dirs_exist_ok=True)
+        for rel, content in (files or {}).items():
+            dest = (workdir / rel).resolve()
+            if not dest.is_relative_to(workdir.resolve()):
+                raise SandboxError(f"file {rel!r} would land outside the work dir")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(content.encode() if isinstance(content, str) else content)
+        if uid is not None:
+            for p in [workdir, *workdir.rglob("*")]:
+                os.chown(p, uid, uid, follow_symlinks=False)
+        workdir.chmod(0o700)
+        data = stdin.encode() if isinstance(stdin, str) else stdin
+        return _execute(layer, argv, workdir, env or {}, limits, data, uid)
+    finally:
+        if uid is not None:
+            _kill_uid(uid)
+        shutil.rmtree(workdir, ignore_errors=True)
+        _SLOTS.release(slot)
+
+
+class SandboxPool:
+    """Many runs in parallel, at most `workers` at once."""
+
+    def __init__(self, workers: int | None = None):
+        self.workers = workers or max(2, os.cpu_count() or 2)
+        self._ex = ThreadPoolExecutor(self.workers, thread_name_prefix="k2-sandbox")
+
+    def map(self, jobs: Iterable[dict]) -> list[SandboxResult]:
+        """Each job is the keyword arguments of `run`."""
+        return list(self._ex.map(lambda job: run(**job), jobs))
+
+    def close(self) -> None:
+        self._ex.shutdown()
+
+    def __enter__(self) -> "SandboxPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------------------- test runners
+@dataclass
+class TestOutcome:
+    index: int
+    passed: bool
+    detail: str = ""
+
+
+@dataclass
+class ProblemResult:
+    passed: int
+    total: int
+    tests: list[TestOutcome] = field(default_factory=list)
+    run: SandboxResult | None = None
+
+    @property
+    def all_passed(self) -> bool:
+        return self.passed == self.total
+
+
+# The harness prints each test's return value; the host compares with the expected values,
+# which never enter the sandbox (a hostile solution cannot read or forge them).
+_FUNCTION_HARNESS = r'''
+import json, sys
+sys.setrecursionlimit(10000)
+inputs = json.load(open("inputs.json"))
+ns = {"__name__": "solution"}
+exec(compile(open("solution.py").read(), "solution.py", "exec"), ns)
+fn = ns[sys.argv[1]]
+res = open("results.jsonl", "w")
+for i, args in enumerate(inputs):
+    try:
+        out = {"i": i, "ok": True, "value": fn(*args)}
+        line = json.dumps(out)
+    except Exception as e:
+        line = json.dumps({"i": i, "ok": False, "error": f"{type(e).__name__}: {e}"[:500]})
+    res.write(line + "\n")
+res.close()
+# the work dir is deleted after the run: hand the results back on stdout, after a marker
+sys.stdout.write("\n\x00K2RESULTS\x00\n" + open("results.jsonl").read())
+'''
+_MARKER = "\n\x00K2RESULTS\x00\n"
+
+
+def run_function_tests(solution: str, function: str, tests: Sequence[tuple[Sequence, object]],
+                       limits: Limits = Limits(), layer: str | None = None) -> ProblemResult:
+    """LiveCodeBench-style functional problem: call `function(*args)` per test, compare outputs."""
+    inputs = [list(args) for args, _ in tests]
+    files = {"solution.py": solution, "inputs.json": json.dumps(inputs), "harness.py": _FUNCTION_HARNESS}
+    r = run(["python", "harness.py", function], files=files, limits=limits, layer=layer)
+    lines = r.stdout.rsplit(_MARKER, 1)[1].splitlines() if _MARKER in r.stdout else []
+    got: dict[int, dict] = {}
+    for line in lines:
+        try:
+            rec = json.loads(line)
+            got[int(rec["i"])] = rec
+        except (ValueError, KeyError, TypeError):
+            continue
+    outcomes = []
+    for i, (_, expected) in enumerate(tests):
+        rec = got.get(i)
+        if rec is None:
+            why = r.stopped_by or (f"exit {r.exit_code}" if r.exit_code else "no result")
+            outcomes.append(TestOutcome(i, False, f"not run ({why}): {r.stderr.strip()[-300:]}"))
+        elif not rec.get("ok"):
+            outcomes.append(TestOutcome(i, False, rec.get("error", "error")))
+        else:
+            same = json.loads(json.dumps(expected)) == rec.get("value")
+            outcomes.append(TestOutcome(i, same, "" if same else f"got {rec.get('value')!r}, expected {expected!r}"))
+    return ProblemResult(sum(o.passed for o in outcomes), len(outcomes), outcomes, r)
+
+
+def _same_output(got: str, expected: str) -> bool:
+    norm = lambda s: [line.rstrip() for line in s.strip().splitlines()]  # noqa: E731
+    return norm(got) == norm(expected)
+
+
+def run_stdio_tests(program: str, tests: Sequence[tuple[str, str]], limits: Limits = Limits(),
+                    layer: str | None = None, pool: SandboxPool | None = None) -> ProblemResult:
+    """stdin/stdout problem: one sandboxed run per test; outputs compared line-wise, trailing
+    whitespace ignored (the usual judge rule)."""
+    jobs = [{"argv": ["python", "main.py"], "stdin": stdin, "files": {"main.py": program}, "limits": limits,
+             "layer": layer} for stdin, _ in tests]
+    own = pool is None
+    pool = pool or SandboxPool()
+    try:
+        results = pool.map(jobs)
+    finally:
+        if own:
+            pool.close()
+    outcomes = []
+    for i, ((_, expected), r) in enumerate(zip(tests, results)):
+        if r.stopped_by or r.exit_code != 0:
+            outcomes.append(TestOutcome(i, False, r.stopped_by or f"exit {r.exit_code}: {r.stderr.strip()[-300:]}"))
+        else:
+            ok = _same_output(r.stdout, expected)
+            outcomes.append(TestOutcome(i, ok, "" if ok else f"got {r.stdout[:200]!r}"))
+    return ProblemResult(sum(o.passed for o in outcomes), len(outcomes), outcomes, None)

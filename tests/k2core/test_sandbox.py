@@ -1,0 +1,211 @@
+"""Escape tests: hostile programs must be contained and leave the host unaffected."""
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from k2core import sandbox as sb
+from k2core.sandbox import Limits, run, run_function_tests, run_stdio_tests
+
+LAYER = sb.detect_isolation()
+py = lambda code, **kw: run(["python", "-c", code], **kw)  # noqa: E731
+
+
+def test_bubblewrap_is_used_where_installed():
+    import shutil
+
+    if shutil.which("bwrap"):
+        assert LAYER == "bubblewrap"  # `make test` installs it; a silent downgrade would be a bug
+    assert py("print(1)").isolation == LAYER
+
+
+@pytest.fixture
+def host_secret_files(tmp_path):
+    """A secret in the user's home and in a project store, both outside the work dir."""
+    home_file = Path.home() / f".k2-sandbox-test-{os.getpid()}"
+    home_file.write_text("home secret")
+    store_file = tmp_path / "k2-store" / "secret.txt"
+    store_file.parent.mkdir()
+    store_file.write_text("store secret")
+    yield [home_file, store_file]
+    home_file.unlink()
+
+
+def test_reads_outside_the_work_dir_fail(host_secret_files):
+    paths = ["/etc/shadow", "/etc/passwd", *map(str, host_secret_files)]
+    code = ("import sys\nfor p in sys.argv[1:]:\n    try:\n        print(p, 'READ', open(p).read()[:20])\n"
+            "    except Exception as e:\n        print(p, 'DENIED', type(e).__name__)")
+    r = run(["python", "-c", code, *paths])
+    assert r.ok, r.stderr
+    lines = r.stdout.strip().splitlines()
+    denied = [p for p in paths if f"{p} DENIED" in r.stdout]
+    if LAYER == "bubblewrap":
+        assert denied == paths, lines  # not even /etc/passwd exists in there
+    else:  # the other layers see the host's files; an unprivileged uid keeps private ones out
+        assert "/etc/shadow" in denied and str(host_secret_files[0]) in denied
+    assert "home secret" not in r.stdout and "store secret" not in r.stdout
+
+
+def test_writes_outside_the_work_dir_do_not_reach_the_host(tmp_path):
+    target = tmp_path / "escaped.txt"
+    code = ("import sys\nfor p in sys.argv[1:]:\n    try:\n        open(p, 'w').write('x'); print(p, 'WROTE')\n"
+            "    except Exception as e:\n        print(p, 'DENIED', type(e).__name__)\nopen('inside.txt','w').write('ok')")
+    r = run(["python", "-c", code, str(target), "/usr/k2-escape", "/tmp/k2-escape-probe"])
+    assert r.ok, r.stderr
+    assert f"{target} DENIED" in r.stdout and "/usr/k2-escape DENIED" in r.stdout
+    assert not target.exists() and not Path("/usr/k2-escape").exists()
+    if LAYER == "bubblewrap":  # /tmp inside is a private tmpfs
+        assert "/tmp/k2-escape-probe WROTE" in r.stdout and not Path("/tmp/k2-escape-probe").exists()
+
+
+@pytest.mark.skipif(LAYER == "rlimits", reason="the rlimits layer has no network namespace")
+def test_no_network():
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    port = server.getsockname()[1]
+    accepted = []
+    threading.Thread(target=lambda: accepted.append(server.accept()), daemon=True).start()
+    code = ("import socket, sys\ntry:\n    socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=2)\n"
+            "    print('CONNECTED')\nexcept OSError as e:\n    print('BLOCKED', e.errno)\n"
+            "print('IFACES', sorted(n for _, n in socket.if_nameindex()))\n"
+            "print('ROUTES', len(open('/proc/net/route').read().splitlines()) - 1)")
+    r = run(["python", "-c", code, str(port)])
+    server.close()
+    assert "BLOCKED" in r.stdout and not accepted
+    assert "IFACES ['lo']" in r.stdout  # no interface to reach any other host through
+    assert "ROUTES 0" in r.stdout
+
+
+def _uid_procs():
+    """Live processes under any sandbox slot uid."""
+    return sum(len(sb.uid_processes(sb.BASE_UID + i)) for i in range(64))
+
+
+def test_fork_bomb_is_contained():
+    code = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"
+    t0 = time.monotonic()
+    r = py(code, limits=Limits(timeout_s=3, max_procs=32))
+    assert time.monotonic() - t0 < 15
+    assert r.stopped_by in ("timeout", "cpu_time") and not r.ok
+    assert _uid_procs() == 0  # nothing left behind
+    assert py("print('still fine')").stdout.strip() == "still fine"
+
+
+def test_memory_bomb_is_stopped():
+    r = py("x = bytearray(4 * 1024**3)", limits=Limits(memory_mb=256))
+    assert r.stopped_by == "memory" and "MemoryError" in r.stderr and r.peak_memory_mb < 256
+    r = py("chunks = []\nwhile True:\n    chunks.append(bytearray(16 * 1024**2))", limits=Limits(memory_mb=300))
+    assert r.stopped_by == "memory" and r.peak_memory_mb < 300
+
+
+def test_infinite_loop_hits_wall_and_cpu_limits():
+    r = py("while True: pass", limits=Limits(timeout_s=1))
+    assert r.stopped_by == "timeout" and 0.9 < r.wall_s < 3 and r.cpu_s > 0.5
+    r = py("while True: pass", limits=Limits(timeout_s=10, cpu_s=1))
+    assert r.stopped_by == "cpu_time" and r.wall_s < 5
+
+
+def test_huge_output_is_capped():
+    r = py("import sys\nwhile True:\n    sys.stdout.write('x' * 65536)", limits=Limits(max_output_bytes=100_000))
+    assert r.stopped_by == "output_limit" and r.stdout_truncated and len(r.stdout) == 100_000
+
+
+def test_file_size_limit():
+    r = py("open('big', 'wb').write(b'0' * (8 << 20))", limits=Limits(max_file_mb=1))
+    assert r.stopped_by == "file_size" and not r.ok
+
+
+def test_signals_cannot_reach_the_host():
+    me = os.getpid()
+    code = ("import os, signal, sys\nfor pid in (int(sys.argv[1]), os.getppid(), 1):\n    try:\n"
+            "        os.kill(pid, signal.SIGKILL); print(pid, 'SENT')\n    except OSError as e:\n"
+            "        print(pid, 'DENIED', e.errno)\ntry:\n    os.killpg(int(sys.argv[1]), signal.SIGKILL)\n"
+            "except OSError as e:\n    print('killpg DENIED')")
+    run(["python", "-c", code, str(me)])
+    assert os.getpid() == me  # this test process is alive to assert it
+    assert py("print('ok')").ok
+
+
+def test_no_background_processes_survive():
+    marker = f"k2-bg-{os.getpid()}-{time.time_ns()}"
+    code = ("import subprocess, sys, os\nsubprocess.Popen(['/usr/bin/python3', '-c', 'import time; time.sleep(600)', "
+            "sys.argv[1]], start_new_session=True)\nif os.fork() == 0:\n    os.setsid()\n    import time; time.sleep(600)\n"
+            "print('parent exits')")
+    r = run(["python", "-c", code, marker])
+    assert r.ok and "parent exits" in r.stdout
+    time.sleep(0.2)
+    leftovers = []
+    for p in Path("/proc").iterdir():
+        try:
+            if p.name.isdigit() and marker.encode() in (p / "cmdline").read_bytes():
+                leftovers.append(p.name)
+        except OSError:
+            pass
+    assert leftovers == [] and _uid_procs() == 0
+
+
+def test_environment_is_minimal(monkeypatch):
+    monkeypatch.setenv("K2_SECRET_TOKEN", "hunter2")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "also-secret")
+    r = py("import os; print(sorted(os.environ)); print(os.environ.get('K2_SECRET_TOKEN'))")
+    assert "hunter2" not in r.stdout and "AWS_SECRET_ACCESS_KEY" not in r.stdout and "K2_SECRET_TOKEN" not in r.stdout
+
+
+def test_work_dir_is_private_and_removed():
+    base = Path(__import__("tempfile").gettempdir()) / "k2-sandbox"
+    before = set(base.iterdir()) if base.exists() else set()
+    r = run(["python", "main.py"], files={"main.py": "print(open('data/in.txt').read())", "data/in.txt": "42"})
+    assert r.stdout.strip() == "42"
+    assert set(base.iterdir()) == before
+    with pytest.raises(sb.SandboxError, match="outside the work dir"):
+        run(["python", "-c", "pass"], files={"../escape.txt": "x"})
+
+
+def test_result_reports_times_memory_and_exit():
+    r = py("import sys; x = bytearray(64 * 1024**2); x[::4096] = b'1' * len(x[::4096]); sys.exit(3)")
+    assert r.exit_code == 3 and r.stopped_by is None and not r.ok
+    assert 64 < r.peak_memory_mb < 120 and r.wall_s > 0 and r.cpu_s > 0
+    r = py("import os, signal; os.kill(os.getpid(), signal.SIGSEGV)")
+    assert r.exit_code is None and r.signal == "SIGSEGV" and r.stopped_by == "signal"
+
+
+@pytest.mark.parametrize("layer", ["unshare", "rlimits"])
+def test_weaker_layers_still_enforce_limits(layer, caplog):
+    r = py("while True: pass", limits=Limits(timeout_s=1), layer=layer)
+    assert r.isolation == layer and r.stopped_by == "timeout"
+    r = py("x = bytearray(4 * 1024**3)", limits=Limits(memory_mb=256), layer=layer)
+    assert r.stopped_by == "memory"
+
+
+def test_function_tests_runner():
+    sol = "def solve(a, b):\n    if isinstance(a, int) and a < 0:\n        raise ValueError('negative')\n    return a + b if a != 2 else 0"
+    res = run_function_tests(sol, "solve", [((1, 2), 3), ((2, 2), 4), ((-1, 0), -1), (([1], [2]), [1, 2])])
+    assert [t.passed for t in res.tests] == [True, False, False, True] and res.passed == 2
+    assert res.tests[1].detail == "got 0, expected 4" and "ValueError: negative" in res.tests[2].detail
+    slow = run_function_tests("def f(x):\n    while True: pass", "f", [((1,), 1)], limits=Limits(timeout_s=1))
+    assert slow.passed == 0 and "timeout" in slow.tests[0].detail
+
+
+def test_stdio_tests_runner():
+    prog = "a, b = map(int, input().split())\nprint(a + b)\nprint()  # trailing blank line is ignored"
+    res = run_stdio_tests(prog, [("1 2\n", "3\n"), ("5 5\n", "11"), ("x y\n", "0")])
+    assert [t.passed for t in res.tests] == [True, False, False]
+    assert "ValueError" in res.tests[2].detail and res.tests[1].detail == "got '10\\n\\n'"
+
+
+def test_cli_prints_json(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    (tmp_path / "prog.py").write_text("import sys; print('got', sys.stdin.read().strip())")
+    (tmp_path / "in.txt").write_text("7")
+    k2 = str(Path(sys.executable).parent / "k2")
+    out = subprocess.run([k2, "sandbox", "run", "--timeout", "5", "--files", str(tmp_path), "--stdin",
+                          str(tmp_path / "in.txt"), "--", "python", "prog.py"], capture_output=True, text=True)
+    res = json.loads(out.stdout)
+    assert res["stdout"] == "got 7\n" and res["isolation"] == LAYER and res["exit_code"] == 0
