@@ -74,17 +74,17 @@ def _run_pipeline(args, cfg, store, *, stages: str | None, pinned: dict[str, str
 
     planned = plan(cfg, store, select_stages(stages), pinned=pinned)  # bad sources fail here, before work
     run_id = new_run_id()
-    t0 = time.monotonic()
     if all(p.cached for p in planned) and not args.force and not os.environ.get("PREFECT_API_URL"):
         # Nothing to compute and no server to show it on: starting Prefect's ephemeral API would
         # cost ~10 s to record cache hits. The run record says so.
         rec = RunRecorder.start(store, run_id, cfg.model_dump(mode="json"), planned,
                                 "none (all stages cached; Prefect not started)", rerun_of=rerun_of)
         for p in planned:
+            t_stage = time.monotonic()
             s = rec.record.stage(p.name)
             art = store.artifact(p.name, p.version)
             s.status, s.reason, s.location, s.metrics = "cache_hit", "cached", art.location, art.metrics
-            s.seconds = round(time.monotonic() - t0, 3)
+            s.seconds = round(time.monotonic() - t_stage, 3)
         rec.finish()
         _print_run(rec.record, args.json)
         return 0

@@ -51,7 +51,7 @@ class RunRecorder:
     def stage_done(self, outcome: StageOutcome, flow_run_id: str | None = None) -> None:
         s = self.record.stage(outcome.stage)
         s.status, s.seconds, s.location = outcome.status, round(outcome.seconds, 3), outcome.location
-        s.reason = outcome.reason or s.reason if outcome.status == "computed" else "cached"
+        s.reason = (outcome.reason or s.reason) if outcome.status == "computed" else "cached"
         s.metrics = outcome.metrics
         s.flow_run_id = flow_run_id or s.flow_run_id
         s.started_at = s.started_at or now_iso()

@@ -68,6 +68,13 @@ def file_entries(workdir: Path) -> list[dict[str, Any]]:
     return out
 
 
+def s3_client(endpoint_url: str | None = None, region: str | None = None):
+    """A boto3 S3 client; credentials come from the standard AWS chain only."""
+    import boto3  # lazy: keeps `k2 --help` fast
+
+    return boto3.session.Session().client("s3", endpoint_url=endpoint_url, region_name=region)
+
+
 def artifact_prefix(stage: str, version: str) -> str:
     return check_key(f"artifacts/{stage}/{version}")
 
@@ -272,8 +279,6 @@ class S3Store(Store):
 
     def __init__(self, uri: str, endpoint_url: str | None = None, region: str | None = None,
                  cache_dir: str | Path | None = None):
-        import boto3  # lazy: keeps `k2 --help` fast
-
         m = re.match(r"^s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:/(.*))?$", uri)
         if not m:
             raise StoreError(f"invalid S3 URI {uri!r}: expected s3://bucket[/prefix]")
@@ -282,7 +287,7 @@ class S3Store(Store):
             check_key(prefix)
         self.prefix = prefix
         self.uri = f"s3://{self.bucket}" + (f"/{prefix}" if prefix else "")
-        self.client = boto3.session.Session().client("s3", endpoint_url=endpoint_url, region_name=region)
+        self.client = s3_client(endpoint_url, region)
         base = Path(cache_dir or os.environ.get("K2_CACHE", Path.home() / ".cache" / "k2"))
         self._cache = base.expanduser() / "s3" / hashlib.sha256(
             f"{endpoint_url}|{self.uri}".encode()).hexdigest()[:16]

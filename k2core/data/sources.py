@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
 from k2core.stage import K2Error
+from k2core.store import s3_client
 
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".jsonl.gz": "jsonl", ".ndjson.gz": "jsonl",
            ".json.gz": "jsonl", ".parquet": "parquet"}
@@ -47,12 +48,6 @@ def _fmt(name: str) -> tuple[str, bool] | None:
         if low.endswith(ext):
             return fmt, low.endswith(".gz")
     return None
-
-
-def s3_client(endpoint_url: str | None, region: str | None):
-    import boto3
-
-    return boto3.session.Session().client("s3", endpoint_url=endpoint_url, region_name=region)
 
 
 def _split_s3(uri: str) -> tuple[str, str]:
