@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 EXIT_FAILED, EXIT_USAGE = 1, 2
@@ -222,7 +223,7 @@ def cmd_sandbox_run(args) -> int:
     argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     if not argv:
         raise SystemExit("k2 sandbox run: give the command after --, e.g. k2 sandbox run -- python prog.py")
-    stdin = open(args.stdin, "rb").read() if args.stdin else b""
+    stdin = Path(args.stdin).read_bytes() if args.stdin else b""
     limits = Limits(timeout_s=args.timeout, memory_mb=args.memory)
     result = run(argv, stdin=stdin, files_dir=args.files, limits=limits, layer=args.isolation)
     print(result.to_json())

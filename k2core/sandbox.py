@@ -103,11 +103,6 @@ def _is_root() -> bool:
     return os.geteuid() == 0
 
 
-def _user_procs() -> int:
-    uid = os.getuid()
-    return sum(1 for p in Path("/proc").iterdir() if p.name.isdigit() and _owner(p) == uid)
-
-
 def _owner(p: Path) -> int | None:
     try:
         return p.stat().st_uid
@@ -115,14 +110,17 @@ def _owner(p: Path) -> int | None:
         return None
 
 
+def _proc_dirs(uid: int) -> Iterable[Path]:
+    """/proc/<pid> of every process (zombies included) owned by `uid`."""
+    return (p for p in Path("/proc").iterdir() if p.name.isdigit() and _owner(p) == uid)
+
+
 def _usage_of_uid(uid: int) -> tuple[float, float]:
     """(CPU seconds, largest resident MB) of a slot uid's live processes, read before a kill:
     killed processes are never reaped into wait4's rusage."""
     tick = os.sysconf("SC_CLK_TCK")
     cpu = peak = 0.0
-    for p in Path("/proc").iterdir():
-        if not p.name.isdigit() or _owner(p) != uid:
-            continue
+    for p in _proc_dirs(uid):
         try:
             fields = (p / "stat").read_text().rsplit(")", 1)[1].split()
             cpu += (int(fields[11]) + int(fields[12])) / tick
@@ -137,13 +135,12 @@ def _usage_of_uid(uid: int) -> tuple[float, float]:
 def uid_processes(uid: int) -> list[int]:
     """Live (non-zombie) processes of a uid."""
     pids = []
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit() and _owner(p) == uid:
-            try:
-                if (p / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
-                    pids.append(int(p.name))
-            except (OSError, IndexError):
-                continue
+    for p in _proc_dirs(uid):
+        try:
+            if (p / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                pids.append(int(p.name))
+        except (OSError, IndexError):
+            continue
     return pids
 
 
@@ -189,15 +186,15 @@ def _wrap(layer: str, argv: Sequence[str], workdir: Path, env: dict[str, str]) -
 
 
 def _probe(layer: str) -> bool:
+    """Does `layer` run a program here, exactly as real runs do (same slot uid, same chain)?"""
     if layer == "bubblewrap" and not shutil.which("bwrap"):
         return False
     if layer == "unshare" and not shutil.which("unshare"):
         return False
-    with tempfile.TemporaryDirectory(prefix="k2-sbx-probe-") as d:
-        try:
-            r = _execute(layer, [SANDBOX_PYTHON, "-c", "print('ok')"], Path(d), {}, Limits(timeout_s=20), b"")
-        except (OSError, SandboxError):
-            return False
+    try:
+        r = run([SANDBOX_PYTHON, "-c", "print('ok')"], layer=layer, limits=Limits(timeout_s=20))
+    except (OSError, SandboxError):
+        return False
     return r.exit_code == 0 and r.stdout.strip() == "ok"
 
 
@@ -262,7 +259,7 @@ def _reader(stream, cap: int, out: list, on_overflow) -> None:
 def _execute(layer: str, argv: Sequence[str], workdir: Path, env: dict[str, str], limits: Limits,
              stdin: bytes, uid: int | None = None) -> SandboxResult:
     cpu = limits.cpu_s if limits.cpu_s is not None else int(limits.timeout_s) + 1
-    nproc = limits.max_procs if uid is not None else limits.max_procs + _user_procs()
+    nproc = limits.max_procs if uid is not None else limits.max_procs + len(list(_proc_dirs(os.getuid())))
     prlimit = ["prlimit", f"--cpu={cpu}:{cpu + 1}", f"--as={limits.memory_mb << 20}",
                f"--nproc={nproc}", f"--fsize={limits.max_file_mb << 20}",
                f"--nofile={limits.max_open_files}", "--core=0", "--"]
@@ -433,10 +430,6 @@ class ProblemResult:
     total: int
     tests: list[TestOutcome] = field(default_factory=list)
     run: SandboxResult | None = None
-
-    @property
-    def all_passed(self) -> bool:
-        return self.passed == self.total
 
 
 # The harness prints each test's return value; the host compares with the expected values,

@@ -117,16 +117,16 @@ class Ingestor:
             try:
                 record = json.loads(raw_text)
             except json.JSONDecodeError as e:
-                return None, self._reject(source, locator, "invalid_json", str(e), raw_text)
+                return None, self.reject(source, locator, "invalid_json", str(e), raw_text)
             if not isinstance(record, dict):
-                return None, self._reject(source, locator, "not_an_object",
+                return None, self.reject(source, locator, "not_an_object",
                                           f"a JSON {type(record).__name__}, expected an object", raw_text)
         else:
             raw_text = ""
         text = record.get(self.text_field)
         if text is None:
             why = "missing" if self.text_field not in record else "null"
-            return None, self._reject(source, locator, "missing_text",
+            return None, self.reject(source, locator, "missing_text",
                                       f"field {self.text_field!r} is {why}", raw_text or _dump(record))
         if isinstance(text, (bytes, bytearray)):  # stdlib files with a broken coding cookie
             try:
@@ -135,17 +135,17 @@ class Ingestor:
                 text = bytes(text).decode("utf-8", "replace")
                 self.flags["invalid_utf8"] += 1
         if not isinstance(text, str):
-            return None, self._reject(source, locator, "non_string_text",
+            return None, self.reject(source, locator, "non_string_text",
                                       f"field {self.text_field!r} is a {type(text).__name__}",
                                       raw_text or _dump(record))
         text = normalize(text, self.flags)
         if not text.strip():
-            return None, self._reject(source, locator, "empty_text", "no text after normalisation",
+            return None, self.reject(source, locator, "empty_text", "no text after normalisation",
                                       raw_text or _dump(record))
         did = doc_id(text)
         key = int(did[:16], 16)
         if key in self._seen:
-            return None, self._reject(source, locator, "duplicate",
+            return None, self.reject(source, locator, "duplicate",
                                       f"same text as document {self._seen[key]}", raw_text or _dump(record))
         self._seen[key] = did
         meta = {k: v for k, v in record.items() if k != self.text_field}
@@ -154,7 +154,8 @@ class Ingestor:
         return {"id": did, "text": text, "source": source, "locator": locator, "n_chars": len(text),
                 "meta": _dump(meta)}, None
 
-    def _reject(self, source: str, locator: str, reason: str, detail: str, raw: str) -> dict:
+    def reject(self, source: str, locator: str, reason: str, detail: str, raw: str) -> dict:
+        """Count a reject under `reason` and build its row (the raw record kept)."""
         self.rejects[reason] += 1
         return {"source": source, "locator": locator, "reason": reason, "detail": detail, "raw": raw}
 
@@ -202,7 +203,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
                         break
             except (OSError, EOFError, zlib.error, pa.ArrowException) as e:
                 # a truncated gzip or corrupt Parquet file: what was read is kept, the rest is reported
-                rejects.add(ing._reject(sf.uri, "file", "unreadable_file", f"{type(e).__name__}: {e}", ""), 0)
+                rejects.add(ing.reject(sf.uri, "file", "unreadable_file", f"{type(e).__name__}: {e}", ""), 0)
             if done:
                 break
     docs.close()
