@@ -1,0 +1,170 @@
+"""Native generation engine for k2 checkpoints: batched decoding over a preallocated MLA latent cache.
+
+Prompts are left-padded into one batch; the prompt is prefilled in one forward pass, then each
+decode step runs the model on one token per row, attending in latent space (the cache holds
+``kv_lora_rank + qk_rope_head_dim`` numbers per token and layer, not per-head keys and values).
+On CUDA the decode step is captured once as a CUDA graph and replayed, so a step costs one launch
+instead of hundreds. Sampling: greedy, temperature, top-k, top-p, seeded; stop tokens; max tokens.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from k2core.model.k2 import K2ForCausalLM, KVCache
+from k2core.progress import Progress
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int = 64
+    temperature: float = 1.0          # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0                    # 0 = off
+    stop_token_ids: list[int] = field(default_factory=list)
+    seed: int | None = None
+
+    def __post_init__(self):
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0 or self.top_k == 1
+
+
+@dataclass
+class Generation:
+    token_ids: list[int]
+    finish_reason: str          # "stop" (a stop token, included) | "length"
+
+
+def sample(logits_BV: torch.Tensor, p: SamplingParams, gen: torch.Generator | None) -> torch.Tensor:
+    """One token per row from fp32 logits: greedy, or temperature → top-k → top-p → multinomial."""
+    if p.greedy:
+        return logits_BV.argmax(-1)
+    logits = logits_BV.float() / p.temperature
+    if p.top_k:
+        kth = logits.topk(min(p.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if p.top_p < 1:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) >= p.top_p     # keep the smallest set reaching top_p
+        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    return torch.multinomial(logits.softmax(-1), 1, generator=gen).squeeze(-1)
+
+
+class Engine:
+    """Generate token ids from a K2ForCausalLM (``Engine.from_checkpoint(dir)``)."""
+
+    def __init__(self, model: K2ForCausalLM, *, cuda_graph: bool | None = None, max_batch: int = 64):
+        self.model = model.eval()
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        self.cuda_graph = self.device.type == "cuda" if cuda_graph is None else cuda_graph
+        self.max_batch = max_batch
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | None = None, dtype: torch.dtype | None = None,
+                        **kw) -> "Engine":
+        from k2core.model.checkpoint import load_checkpoint
+
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if dtype is None:
+            dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        return cls(load_checkpoint(path, device=device, dtype=dtype), **kw)
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams | None = None,
+                 on_token: Callable[[int, torch.Tensor], None] | None = None,
+                 progress: bool = True) -> list[Generation]:
+        """Generate for every prompt (batched ``max_batch`` at a time); results in prompt order."""
+        params = params or SamplingParams()
+        vocab = self.model.config.vocab_size
+        for i, pr in enumerate(prompts):
+            if not pr:
+                raise ValueError(f"prompt {i} is empty")
+            bad = [t for t in pr if not 0 <= t < vocab]
+            if bad:
+                raise ValueError(f"prompt {i} has token ids outside the vocabulary [0, {vocab}): {bad[:5]}")
+        gen = None
+        if params.seed is not None:
+            gen = torch.Generator(device=self.device)
+            gen.manual_seed(params.seed)
+        out: list[Generation] = []
+        chunks = range(0, len(prompts), self.max_batch)
+        with Progress(len(prompts), "generate", unit="prompt", hooks=()) as bar:
+            for start in chunks:
+                batch = prompts[start:start + self.max_batch]
+                out.extend(self._generate_batch(batch, params, gen, on_token))
+                bar.update(len(batch))
+        return out
+
+    @torch.inference_mode()
+    def _generate_batch(self, prompts, params: SamplingParams, gen, on_token) -> list[Generation]:
+        B, P = len(prompts), max(len(p) for p in prompts)
+        max_pos = self.model.config.max_position_embeddings
+        if P + params.max_tokens > max_pos:
+            raise ValueError(f"prompt ({P}) + max_tokens ({params.max_tokens}) exceeds "
+                             f"max_position_embeddings ({max_pos})")
+        pad = torch.tensor([P - len(p) for p in prompts])
+        ids = torch.tensor([[0] * (P - len(p)) + p for p in prompts], device=self.device)
+        cache = KVCache(self.model.config, B, P + params.max_tokens, self.device, self.dtype, pad)
+        logits = self.model(ids, cache=cache, logits_to_keep=1).logits[:, -1].float()
+        step = self._graph_step(cache) if self.cuda_graph else None
+        tokens = torch.empty(B, params.max_tokens, dtype=torch.long, device=self.device)
+        done = torch.zeros(B, dtype=torch.bool, device=self.device)
+        stops = torch.tensor(params.stop_token_ids or [-1], device=self.device)
+        n = 0
+        for t in range(params.max_tokens):
+            nxt = sample(logits, params, gen)
+            tokens[:, t] = nxt
+            done |= torch.isin(nxt, stops)
+            n = t + 1
+            if on_token is not None:
+                on_token(t, nxt)
+            if t + 1 == params.max_tokens or ((t + 1) % 8 == 0 and bool(done.all())):
+                break
+            logits = (step(nxt) if step else
+                      self.model(nxt[:, None], cache=cache).logits[:, -1]).float()
+        rows = tokens[:, :n].tolist()
+        stop_set = set(params.stop_token_ids)
+        results = []
+        for row in rows:
+            cut = next((i for i, tok in enumerate(row) if tok in stop_set), None)
+            results.append(Generation(row[:cut + 1], "stop") if cut is not None else Generation(row, "length"))
+        return results
+
+    def _graph_step(self, cache: KVCache):
+        """Capture one decode step (model forward on [B, 1] tokens) as a CUDA graph."""
+        cache.static = True
+        tok = torch.zeros(cache.batch, 1, dtype=torch.long, device=self.device)
+        col = cache.col.clone()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):          # warm-up: allocations and lazy inits off the graph
+            for _ in range(2):
+                cache.col.copy_(col)
+                self.model(tok, cache=cache)
+                cache.length -= 1
+        torch.cuda.current_stream().wait_stream(stream)
+        cache.col.copy_(col)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            logits = self.model(tok, cache=cache).logits[:, -1]
+        cache.length -= 1                        # capture does not run the step
+
+        def step(nxt: torch.Tensor) -> torch.Tensor:
+            tok.copy_(nxt[:, None])
+            graph.replay()
+            return logits
+        return step

@@ -1,0 +1,454 @@
+"""The K2 model: Multi-head Latent Attention + sparse MoE (DeepSeek-V3 architecture, K2 §2.3).
+
+K2_REFERENCE.md §2. Modules are named as in Hugging Face's ``DeepseekV3ForCausalLM`` so a
+state dict maps one to one, except the routed experts, which live as three 3-D tensors per layer
+(``experts.gate_proj[E, I, H]`` …) so they run as grouped GEMMs; ``checkpoint.py`` splits them
+into per-expert names on export.
+
+Shape legend: B batch, T query positions, S key positions (cache included), H hidden,
+N heads, Dn / Dr / Dv nope / rope / value head dims, C kv_lora_rank, E routed experts,
+K experts per token, I expert width, M = B·T tokens.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from k2core.model.config import ModelConfig, yarn_mscale
+
+
+# ---------------------------------------------------------------------------- norms, rotary
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # fp32 statistics whatever the activation dtype (as transformers' DeepseekV3RMSNorm)
+        y = x.float()
+        y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * y.to(x.dtype)
+
+
+def rope_inv_freq(cfg: ModelConfig) -> tuple[torch.Tensor, float]:
+    """Inverse frequencies of the rotary dims and the cos/sin scale (YaRN's attention factor)."""
+    d, base = cfg.qk_rope_head_dim, cfg.rope_theta
+    pos_freqs = base ** (torch.arange(0, d, 2, dtype=torch.float32) / d)
+    rs = cfg.rope_scaling
+    if rs is None:
+        return 1.0 / pos_freqs, 1.0
+    # YaRN (arXiv 2309.00071): interpolate low frequencies, keep high ones, linear ramp between
+    def corr_dim(rot: float) -> float:
+        return d * math.log(rs.original_max_position_embeddings / (rot * 2 * math.pi)) / (2 * math.log(base))
+    low = max(math.floor(corr_dim(rs.beta_fast)), 0)
+    high = min(math.ceil(corr_dim(rs.beta_slow)), d - 1)
+    if low == high:
+        high += 0.001
+    ramp = ((torch.arange(d // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+    extrapolation = 1 - ramp
+    inv = (1.0 / (rs.factor * pos_freqs)) * (1 - extrapolation) + (1.0 / pos_freqs) * extrapolation
+    if rs.mscale and rs.mscale_all_dim:
+        attn_factor = yarn_mscale(rs.factor, rs.mscale) / yarn_mscale(rs.factor, rs.mscale_all_dim)
+    else:
+        attn_factor = yarn_mscale(rs.factor)
+    return inv, attn_factor
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs (x0, x1), (x2, x3)… (DeepSeek's layout).
+
+    The output holds the rotated even dims then the odd dims; queries and keys get the same
+    permutation, so their dot products equal the interleaved rotation's.
+    """
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+# ---------------------------------------------------------------------------- attention
+class MLA(nn.Module):
+    """Multi-head Latent Attention (DeepSeek-V2 §2.1): low-rank q, compressed KV, shared rotary key."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        h, n = cfg.hidden_size, cfg.num_attention_heads
+        self.num_heads, self.dn, self.dr, self.dv = n, cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim
+        self.kv_lora_rank = cfg.kv_lora_rank
+        if cfg.q_lora_rank:
+            self.q_a_proj = nn.Linear(h, cfg.q_lora_rank, bias=False)
+            self.q_a_layernorm = RMSNorm(cfg.q_lora_rank, cfg.rms_norm_eps)
+            self.q_b_proj = nn.Linear(cfg.q_lora_rank, n * cfg.qk_head_dim, bias=False)
+        else:
+            self.q_proj = nn.Linear(h, n * cfg.qk_head_dim, bias=False)
+        self.kv_a_proj_with_mqa = nn.Linear(h, cfg.kv_lora_rank + cfg.qk_rope_head_dim, bias=False)
+        self.kv_a_layernorm = RMSNorm(cfg.kv_lora_rank, cfg.rms_norm_eps)
+        self.kv_b_proj = nn.Linear(cfg.kv_lora_rank, n * (cfg.qk_nope_head_dim + cfg.v_head_dim), bias=False)
+        self.o_proj = nn.Linear(n * cfg.v_head_dim, h, bias=False)
+        self.scale = cfg.softmax_scale
+
+    def _q(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cfg.q_lora_rank:
+            return self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
+        return self.q_proj(x)
+
+    def forward(self, x_BTH: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                cache: "LayerCache | None" = None, want_max_logit: bool = False):
+        B, T, _ = x_BTH.shape
+        q_BTND = self._q(x_BTH).view(B, T, self.num_heads, self.dn + self.dr)
+        q_nope, q_rope = q_BTND.split([self.dn, self.dr], dim=-1)
+        c_BTC, k_rope_BTD = self.kv_a_proj_with_mqa(x_BTH).split([self.kv_lora_rank, self.dr], dim=-1)
+        c_BTC = self.kv_a_layernorm(c_BTC)
+        q_rope = apply_rope(q_rope, cos[:, :, None], sin[:, :, None])
+        k_rope_BTD = apply_rope(k_rope_BTD, cos, sin)
+        if cache is not None:
+            c_BSC, k_rope_BSD, mask_BTS = cache.update(c_BTC, k_rope_BTD)
+            if T <= 4:   # decode: attend in latent space (weights absorbed), no per-step expansion
+                out = self._absorbed(q_nope, q_rope, c_BSC, k_rope_BSD, mask_BTS)
+                return self.o_proj(out.reshape(B, T, -1)), None
+        else:
+            c_BSC, k_rope_BSD, mask_BTS = c_BTC, k_rope_BTD, None
+        S = c_BSC.shape[1]
+        kv = self.kv_b_proj(c_BSC).view(B, S, self.num_heads, self.dn + self.dv)
+        k_nope, v_BSND = kv.split([self.dn, self.dv], dim=-1)
+        q = torch.cat([q_nope, q_rope], dim=-1).transpose(1, 2)                      # B N T Dqk
+        k = torch.cat([k_nope, k_rope_BSD[:, :, None].expand(B, S, self.num_heads, self.dr)],
+                      dim=-1).transpose(1, 2)                                         # B N S Dqk
+        v = v_BSND.transpose(1, 2)
+        max_logit = self._max_logit(q, k, mask_BTS) if want_max_logit else None
+        out = _sdpa(q, k, v, mask_BTS, self.scale)
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, -1)), max_logit
+
+    def _absorbed(self, q_nope, q_rope, c_BSC, k_rope_BSD, mask_BTS):
+        """softmax(q·k) v computed against the latent cache (DeepSeek-V2 appendix: W_UK, W_UV absorbed)."""
+        w = self.kv_b_proj.weight.view(self.num_heads, self.dn + self.dv, self.kv_lora_rank)
+        w_uk, w_uv = w[:, : self.dn], w[:, self.dn:]                                  # N Dn C, N Dv C
+        q_lat = torch.einsum("btnd,ndc->bntc", q_nope, w_uk)                          # B N T C
+        scores = (torch.einsum("bntc,bsc->bnts", q_lat, c_BSC)
+                  + torch.einsum("btnd,bsd->bnts", q_rope, k_rope_BSD)) * self.scale
+        scores = scores.float().masked_fill(~mask_BTS[:, None], float("-inf"))
+        p = scores.softmax(-1).to(c_BSC.dtype)
+        o_lat = torch.einsum("bnts,bsc->btnc", p, c_BSC)
+        return torch.einsum("btnc,ndc->btnd", o_lat, w_uv)                            # B T N Dv
+
+    @torch.no_grad()
+    def _max_logit(self, q, k, mask_BTS) -> torch.Tensor:
+        """Per-head largest pre-softmax logit (after the scale) over the batch: QK-Clip's S_max."""
+        B, N, T, _ = q.shape
+        S = k.shape[2]
+        if mask_BTS is None:
+            mask_BTS = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)[None]
+        out = torch.full((N,), float("-inf"), device=q.device)
+        for b in range(B):   # one sequence at a time keeps the N×T×S buffer small
+            s = torch.matmul(q[b], k[b].transpose(-1, -2)).float()
+            s = s.masked_fill(~mask_BTS[min(b, mask_BTS.shape[0] - 1)], float("-inf"))
+            out = torch.maximum(out, s.amax(dim=(-1, -2)))
+        return out * self.scale
+
+
+def _sdpa(q, k, v, mask_BTS, scale):
+    dv, dqk = v.shape[-1], q.shape[-1]
+    pad = q.is_cuda and dv < dqk and mask_BTS is None
+    if pad:   # flash attention needs equal head dims: pad V with zeros, slice the output
+        v = F.pad(v, (0, dqk - dv))
+    if mask_BTS is None:
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_BTS[:, None], scale=scale)
+    return out[..., :dv] if pad else out
+
+
+# ---------------------------------------------------------------------------- feed-forward
+class MLP(nn.Module):
+    """SwiGLU feed-forward: the dense layers and the shared experts."""
+
+    def __init__(self, hidden: int, inter: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden, inter, bias=False)
+        self.up_proj = nn.Linear(hidden, inter, bias=False)
+        self.down_proj = nn.Linear(inter, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Router(nn.Module):
+    """Sigmoid router with the auxiliary-loss-free bias (DeepSeek-V3 §2.1.2).
+
+    Scores are computed in fp32; the bias ``e_score_correction_bias`` only decides which experts
+    are chosen; gates are the chosen raw scores, normalised, × routed_scaling_factor.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.weight = nn.Parameter(torch.empty(cfg.n_routed_experts, cfg.hidden_size))
+        # a buffer, not a parameter: updated by the sign of the load error, never by gradients
+        self.register_buffer("e_score_correction_bias", torch.zeros(cfg.n_routed_experts, dtype=torch.float32))
+
+    def forward(self, x_MH: torch.Tensor):
+        cfg = self.cfg
+        scores_ME = F.linear(x_MH.float(), self.weight.float()).sigmoid()
+        choice = scores_ME.detach() + self.e_score_correction_bias
+        if cfg.n_group > 1:   # group-limited routing: keep the topk_group best groups (DeepSeek-V3)
+            M, E = choice.shape
+            grouped = choice.view(M, cfg.n_group, E // cfg.n_group)
+            group_score = grouped.topk(2, dim=-1).values.sum(-1)
+            keep = torch.zeros_like(group_score).scatter_(1, group_score.topk(cfg.topk_group, dim=-1).indices, 1.0)
+            choice = grouped.masked_fill(keep[..., None] == 0, float("-inf")).view(M, E)
+        idx_MK = choice.topk(cfg.num_experts_per_tok, dim=-1).indices
+        gates_MK = scores_ME.gather(1, idx_MK)
+        if cfg.norm_topk_prob:
+            gates_MK = gates_MK / (gates_MK.sum(-1, keepdim=True) + 1e-20)
+        return gates_MK * cfg.routed_scaling_factor, idx_MK, scores_ME
+
+
+class GroupedExperts(nn.Module):
+    """E SwiGLU experts as three 3-D weights, run with grouped GEMMs over expert-sorted tokens."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        e, h, i = cfg.n_routed_experts, cfg.hidden_size, cfg.moe_intermediate_size
+        self.gate_proj = nn.Parameter(torch.empty(e, i, h))
+        self.up_proj = nn.Parameter(torch.empty(e, i, h))
+        self.down_proj = nn.Parameter(torch.empty(e, h, i))
+
+    def forward(self, x_MH: torch.Tensor, gates_MK: torch.Tensor, idx_MK: torch.Tensor):
+        M, K = idx_MK.shape
+        E = self.gate_proj.shape[0]
+        flat = idx_MK.reshape(-1)
+        order = flat.argsort(stable=True)                       # (token, slot) pairs grouped by expert
+        counts_E = torch.zeros(E, dtype=torch.int32, device=x_MH.device).scatter_add_(
+            0, flat, torch.ones_like(flat, dtype=torch.int32))
+        offs = counts_E.cumsum(0, dtype=torch.int32)
+        xs = x_MH[order // K]
+        h = F.silu(_gmm(xs, self.gate_proj, offs)) * _gmm(xs, self.up_proj, offs)
+        ys = _gmm(h, self.down_proj, offs)
+        y = torch.empty_like(ys).index_copy_(0, order, ys).view(M, K, -1)   # back to token order
+        # weighted sum over the K slots in a fixed order: deterministic, no atomics
+        out = (y.float() * gates_MK[..., None]).sum(1).to(x_MH.dtype)
+        return out, counts_E
+
+
+def _gmm(x: torch.Tensor, w_EOI: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
+    """x[rows of expert e] @ w[e]ᵀ for every e in one grouped GEMM."""
+    return torch._grouped_mm(x, w_EOI.to(x.dtype).transpose(-2, -1), offs=offs)
+
+
+class MoE(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.gate = Router(cfg)
+        self.experts = GroupedExperts(cfg)
+        self.shared_experts = (MLP(cfg.hidden_size, cfg.moe_intermediate_size * cfg.n_shared_experts)
+                               if cfg.n_shared_experts else None)
+        # per-expert token counts accumulated since the last bias update (telemetry + balancing)
+        self.register_buffer("load", torch.zeros(cfg.n_routed_experts), persistent=False)
+
+    def forward(self, x_BTH: torch.Tensor):
+        B, T, Hd = x_BTH.shape
+        x_MH = x_BTH.reshape(-1, Hd)
+        gates_MK, idx_MK, scores_ME = self.gate(x_MH)
+        y, counts_E = self.experts(x_MH, gates_MK, idx_MK)
+        if self.training:
+            with torch.no_grad():
+                self.load += counts_E
+        if self.shared_experts is not None:
+            y = y + self.shared_experts(x_MH)
+        aux = None
+        if self.training and self.cfg.seq_aux_loss_alpha > 0:
+            aux = self._seq_balance_loss(scores_ME.view(B, T, -1), idx_MK.view(B, T, -1))
+        return y.view(B, T, Hd), aux
+
+    def _seq_balance_loss(self, scores_BTE, idx_BTK):
+        """Sequence-wise balance loss α·Σ f_i·P_i (DeepSeek-V3 eq. 17–20), averaged over sequences."""
+        E, K = scores_BTE.shape[-1], idx_BTK.shape[-1]
+        T = scores_BTE.shape[1]
+        chosen = torch.zeros_like(scores_BTE).scatter_(-1, idx_BTK, 1.0)
+        f = chosen.sum(1) * E / (K * T)                               # B E
+        p = (scores_BTE / scores_BTE.sum(-1, keepdim=True)).mean(1)   # B E
+        return self.cfg.seq_aux_loss_alpha * (f * p).sum(-1).mean()
+
+    @torch.no_grad()
+    def update_bias(self, speed: float | None = None) -> torch.Tensor:
+        """b_i -= γ·sign(load_i − mean load), then reset the load; returns the load used."""
+        gamma = self.cfg.bias_update_speed if speed is None else speed
+        load = self.load.clone()
+        self.gate.e_score_correction_bias -= gamma * torch.sign(load - load.mean())
+        self.load.zero_()
+        return load
+
+
+# ---------------------------------------------------------------------------- block, model
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.self_attn = MLA(cfg)
+        self.mlp = MoE(cfg) if cfg.is_moe_layer(layer) else MLP(cfg.hidden_size, cfg.intermediate_size)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, x, cos, sin, cache=None, want_max_logit=False):
+        a, max_logit = self.self_attn(self.input_layernorm(x), cos, sin, cache, want_max_logit)
+        x = x + a
+        if isinstance(self.mlp, MoE):
+            m, aux = self.mlp(self.post_attention_layernorm(x))
+        else:
+            m, aux = self.mlp(self.post_attention_layernorm(x)), None
+        return x + m, max_logit, aux
+
+
+@dataclass
+class K2Output:
+    logits: torch.Tensor | None
+    loss: torch.Tensor | None = None
+    aux_loss: torch.Tensor | None = None
+    max_logits: torch.Tensor | None = None     # [layers, heads]: QK-Clip's S_max per head
+
+
+class K2Inner(nn.Module):
+    """``model.*`` in Hugging Face names: embeddings, decoder layers, final norm."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+class K2ForCausalLM(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.model = K2Inner(cfg)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        inv_freq, self.rope_scale = rope_inv_freq(cfg)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    # ------------------------------------------------------------------ init
+    @torch.no_grad()
+    def init_weights(self, seed: int | None = None) -> "K2ForCausalLM":
+        """Normal(0, initializer_range) for every matrix, ones for norm gains, zero routing bias."""
+        gen = torch.Generator(device="cpu")
+        if seed is not None:
+            gen.manual_seed(seed)
+        std = self.config.initializer_range
+        for name, p in self.named_parameters():
+            if p.ndim == 1:
+                p.fill_(1.0)
+            else:   # drawn on the CPU so a seed gives the same weights on every device
+                p.copy_(torch.empty(p.shape, dtype=torch.float32).normal_(0.0, std, generator=gen))
+        for m in self.modules():
+            if isinstance(m, Router):
+                m.e_score_correction_bias.zero_()
+        return self
+
+    # ------------------------------------------------------------------ forward
+    def rotary(self, positions_BT: torch.Tensor, dtype: torch.dtype):
+        freqs = positions_BT.float()[..., None] * self.inv_freq.float()
+        return (freqs.cos() * self.rope_scale).to(dtype), (freqs.sin() * self.rope_scale).to(dtype)
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, *,
+                positions: torch.Tensor | None = None, cache: "KVCache | None" = None,
+                want_max_logits: bool = False, logits_to_keep: int = 0) -> K2Output:
+        B, T = input_ids.shape
+        x = self.model.embed_tokens(input_ids)
+        if positions is None:
+            positions = cache.positions(T) if cache is not None else torch.arange(T, device=x.device)[None].expand(B, T)
+        cos, sin = self.rotary(positions, x.dtype)
+        max_logits, aux_total = [], None
+        for i, layer in enumerate(self.model.layers):
+            x, ml, aux = layer(x, cos, sin, cache.layer(i) if cache is not None else None, want_max_logits)
+            if ml is not None:
+                max_logits.append(ml)
+            if aux is not None:
+                aux_total = aux if aux_total is None else aux_total + aux
+        if cache is not None:
+            cache.advance(T)
+        x = self.model.norm(x)
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]
+        logits = self.lm_head(x)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+            if aux_total is not None:
+                loss = loss + aux_total
+        return K2Output(logits, loss, aux_total, torch.stack(max_logits) if max_logits else None)
+
+    # ------------------------------------------------------------------ MoE helpers
+    def moe_layers(self) -> list[tuple[int, MoE]]:
+        return [(i, l.mlp) for i, l in enumerate(self.model.layers) if isinstance(l.mlp, MoE)]
+
+    @torch.no_grad()
+    def expert_load(self) -> torch.Tensor:
+        """[moe layers, experts] token counts accumulated since the last ``update_routing_bias``."""
+        return torch.stack([m.load for _, m in self.moe_layers()]) if self.moe_layers() else torch.zeros(0)
+
+    @torch.no_grad()
+    def update_routing_bias(self, speed: float | None = None) -> torch.Tensor:
+        """Aux-loss-free balancing step for every MoE layer; returns the loads it used."""
+        loads = [m.update_bias(speed) for _, m in self.moe_layers()]
+        return torch.stack(loads) if loads else torch.zeros(0)
+
+
+# ---------------------------------------------------------------------------- latent KV cache
+class LayerCache:
+    def __init__(self, cache: "KVCache", i: int):
+        self.cache, self.i = cache, i
+
+    def update(self, c_BTC: torch.Tensor, k_rope_BTD: torch.Tensor):
+        return self.cache.write(self.i, c_BTC, k_rope_BTD)
+
+
+class KVCache:
+    """Preallocated MLA latent cache: per layer [B, S_max, C] latents + [B, S_max, Dr] rotary keys.
+
+    Rows may be left-padded: ``pad[b]`` leading columns of row b are masked out and its positions
+    start at 0 after them. ``length`` is the number of columns written so far (a device tensor too,
+    so a captured CUDA graph can replay decode steps).
+    """
+
+    def __init__(self, cfg: ModelConfig, batch: int, max_len: int, device, dtype, pad: torch.Tensor | None = None):
+        L = cfg.num_hidden_layers
+        self.latent = torch.zeros(L, batch, max_len, cfg.kv_lora_rank, device=device, dtype=dtype)
+        self.rope = torch.zeros(L, batch, max_len, cfg.qk_rope_head_dim, device=device, dtype=dtype)
+        self.pad = (pad if pad is not None else torch.zeros(batch, dtype=torch.long)).to(device)
+        self.max_len, self.batch = max_len, batch
+        self.length = 0                                               # host-side column count
+        self.static = False            # True: attend over all max_len columns (CUDA graph replay)
+        self.col = torch.zeros((), dtype=torch.long, device=device)   # same, on the device
+        self._cols = torch.arange(max_len, device=device)
+
+    def layer(self, i: int) -> LayerCache:
+        return LayerCache(self, i)
+
+    def positions(self, T: int) -> torch.Tensor:
+        cols = self.col + torch.arange(T, device=self.col.device)
+        return (cols[None] - self.pad[:, None]).clamp_min(0)
+
+    def write(self, i: int, c_BTC: torch.Tensor, k_rope_BTD: torch.Tensor):
+        T = c_BTC.shape[1]
+        if self.length + T > self.max_len:
+            raise ValueError(f"KV cache full: {self.length} + {T} > max_len {self.max_len}")
+        idx = self.col + torch.arange(T, device=self.col.device)
+        self.latent[i].index_copy_(1, idx, c_BTC.to(self.latent.dtype))
+        self.rope[i].index_copy_(1, idx, k_rope_BTD.to(self.rope.dtype))
+        # key column s is visible to query column q iff pad[b] <= s <= q; a padding query sees
+        # itself, so its (unused) output stays finite and no NaN reaches the cache
+        S = self.max_len if self.static else self.length + T
+        cols = self._cols[None, None, :S]
+        q_cols = idx[None, :, None]
+        mask_BTS = (cols <= q_cols) & ((cols >= self.pad[:, None, None]) | (cols == q_cols))
+        return self.latent[i, :, :S], self.rope[i, :, :S], mask_BTS
+
+    def advance(self, T: int) -> None:
+        self.length += T
+        self.col += T
