@@ -128,3 +128,17 @@ def toy_stages():
     yield specs
     for s in reversed(specs):
         unregister(s.name)
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests need CUDA: skipped (with the reason) on machines without it, like CI."""
+    if not any("gpu" in item.keywords for item in items):
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (run on the device machine; figures in docs/benchmarks.md)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -208,3 +208,22 @@ def param_counts(cfg: ModelConfig) -> dict[str, int]:
         moe_shared + cfg.num_experts_per_tok * expert)
     return {"total": total, "active": active, "embedding": embed,
             "active_non_embedding": active - embed, "moe_layers": n_moe, "dense_layers": n_dense}
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int, training: bool = True) -> float:
+    """Model FLOPs per token for MFU: matmuls of the activated parameters plus causal attention.
+
+    2 FLOPs per multiply-add in the forward, ×3 for forward + backward. Embedding lookups are not
+    matmuls and are excluded; lm_head is included. Attention counts QKᵀ (d_nope + d_rope) and PV
+    (d_v) over the causal context, (seq_len + 1) / 2 keys per query on average — half what the
+    "6N + 12·L·H·d·T" convention counts, so our MFU is the conservative one.
+    """
+    c = param_counts(cfg)
+    norms = cfg.hidden_size + cfg.num_hidden_layers * (2 * cfg.hidden_size + (cfg.q_lora_rank or 0) + cfg.kv_lora_rank)
+    matmul = c["active"] - cfg.vocab_size * cfg.hidden_size - norms       # no embedding lookup, no norm gains
+    if cfg.tie_word_embeddings:
+        matmul += cfg.vocab_size * cfg.hidden_size
+    ctx = (seq_len + 1) / 2
+    attn = 2 * cfg.num_hidden_layers * cfg.num_attention_heads * (cfg.qk_head_dim + cfg.v_head_dim) * ctx
+    fwd = 2 * matmul + attn
+    return 3 * fwd if training else fwd

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from k2core.model.config import ModelConfig, yarn_mscale
+from k2core.model.kernels import qk_max_logit, triton_ok
 
 
 # ---------------------------------------------------------------------------- norms, rotary
@@ -140,6 +141,8 @@ class MLA(nn.Module):
         """Per-head largest pre-softmax logit (after the scale) over the batch: QK-Clip's S_max."""
         B, N, T, _ = q.shape
         S = k.shape[2]
+        if mask_BTS is None and triton_ok(q, self.dn):   # fused tiles: the logit matrix never hits memory
+            return qk_max_logit(q, k, self.dn) * self.scale
         if mask_BTS is None:
             mask_BTS = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)[None]
         out = torch.full((N,), float("-inf"), device=q.device)
@@ -227,11 +230,10 @@ class GroupedExperts(nn.Module):
         offs = counts_E.cumsum(0, dtype=torch.int32)
         xs = x_MH[order // K]
         h = F.silu(_gmm(xs, self.gate_proj, offs)) * _gmm(xs, self.up_proj, offs)
-        ys = _gmm(h, self.down_proj, offs)
+        ys = _gmm(h, self.down_proj, offs) * gates_MK.reshape(-1)[order, None].to(x_MH.dtype)
         y = torch.empty_like(ys).index_copy_(0, order, ys).view(M, K, -1)   # back to token order
-        # weighted sum over the K slots in a fixed order: deterministic, no atomics
-        out = (y.float() * gates_MK[..., None]).sum(1).to(x_MH.dtype)
-        return out, counts_E
+        # sum over the K slots in a fixed order: deterministic, no atomics
+        return y.sum(1), counts_E
 
 
 def _gmm(x: torch.Tensor, w_EOI: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
