@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+import k2core.model.k2 as k2mod  # noqa: E402
 from k2core.model import K2ForCausalLM, ModelConfig  # noqa: E402
 from k2core.model.config import flops_per_token, param_counts  # noqa: E402
 
@@ -90,6 +91,7 @@ def bench_train(args, dev, peak) -> list[dict]:
             model = model.to(dtype).train()
             for _, moe in model.moe_layers():
                 moe.gate.e_score_correction_bias.data = moe.gate.e_score_correction_bias.float()
+            k2mod.ATTN_BACKEND = "cudnn" if "cudnn" in impl else "flash"
             fwd = torch.compile(model) if "compile" in impl else model
             want = "maxlogit" in impl
             step_fwd = lambda: fwd(ids[:, :-1], labels=ids[:, 1:], want_max_logits=want).loss  # noqa: E731

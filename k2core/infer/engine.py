@@ -8,6 +8,7 @@ instead of hundreds. Sampling: greedy, temperature, top-k, top-p, seeded; stop t
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -67,12 +68,21 @@ def sample(logits_BV: torch.Tensor, p: SamplingParams, gen: torch.Generator | No
 class Engine:
     """Generate token ids from a K2ForCausalLM (``Engine.from_checkpoint(dir)``)."""
 
-    def __init__(self, model: K2ForCausalLM, *, cuda_graph: bool | None = None, max_batch: int = 64):
+    def __init__(self, model: K2ForCausalLM, *, cuda_graph: bool | None = None, compile: bool | None = None,
+                 max_batch: int = 64):
         self.model = model.eval()
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
-        self.cuda_graph = self.device.type == "cuda" if cuda_graph is None else cuda_graph
+        cuda = self.device.type == "cuda"
+        self.cuda_graph = cuda if cuda_graph is None else cuda_graph
+        # torch.compile fuses the decode step's ~80 small kernels per layer into a few; the CUDA
+        # graph then replays them with one launch. Compiled once per (batch, cache length) shape.
+        self.compile = (cuda and self.cuda_graph) if compile is None else compile
+        self._decode = torch.compile(self._forward, dynamic=False) if self.compile else self._forward
         self.max_batch = max_batch
+
+    def _forward(self, tok: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        return self.model(tok, cache=cache).logits[:, -1]
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | None = None, dtype: torch.dtype | None = None,
@@ -120,7 +130,16 @@ class Engine:
         ids = torch.tensor([[0] * (P - len(p)) + p for p in prompts], device=self.device)
         cache = KVCache(self.model.config, B, P + params.max_tokens, self.device, self.dtype, pad)
         logits = self.model(ids, cache=cache, logits_to_keep=1).logits[:, -1].float()
-        step = self._graph_step(cache) if self.cuda_graph else None
+        step = None
+        if self.cuda_graph:
+            try:
+                step = self._graph_step(cache)
+            except RuntimeError as e:   # e.g. fp32 grouped GEMM on CUDA copies offsets to the host
+                if not getattr(self, "_warned", False):
+                    warnings.warn(f"CUDA graph capture failed, decoding eagerly: {e}")
+                    self._warned = True
+                self.cuda_graph = False
+                cache.static, cache.col = False, cache.col.clone().fill_(cache.length)
         tokens = torch.empty(B, params.max_tokens, dtype=torch.long, device=self.device)
         done = torch.zeros(B, dtype=torch.bool, device=self.device)
         stops = torch.tensor(params.stop_token_ids or [-1], device=self.device)
@@ -134,8 +153,7 @@ class Engine:
                 on_token(t, nxt)
             if t + 1 == params.max_tokens or ((t + 1) % 8 == 0 and bool(done.all())):
                 break
-            logits = (step(nxt) if step else
-                      self.model(nxt[:, None], cache=cache).logits[:, -1]).float()
+            logits = (step(nxt) if step else self._forward(nxt[:, None], cache)).float()
         rows = tokens[:, :n].tolist()
         stop_set = set(params.stop_token_ids)
         results = []
@@ -151,16 +169,16 @@ class Engine:
         col = cache.col.clone()
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):          # warm-up: allocations and lazy inits off the graph
-            for _ in range(2):
+        with torch.cuda.stream(stream):          # warm-up: compilation, allocations, lazy inits
+            for _ in range(3):
                 cache.col.copy_(col)
-                self.model(tok, cache=cache)
+                self._decode(tok, cache)
                 cache.length -= 1
         torch.cuda.current_stream().wait_stream(stream)
         cache.col.copy_(col)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            logits = self.model(tok, cache=cache).logits[:, -1]
+            logits = self._decode(tok, cache)
         cache.length -= 1                        # capture does not run the step
 
         def step(nxt: torch.Tensor) -> torch.Tensor:

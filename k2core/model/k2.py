@@ -12,6 +12,7 @@ K experts per token, I expert width, M = B·T tokens.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -153,9 +154,20 @@ class MLA(nn.Module):
         return out * self.scale
 
 
+# Attention kernel on CUDA for training / prefill: "flash" pads V to the QK head dim (flash needs
+# equal dims; d_v 128 < d_qk 192 in K2), "cudnn" takes unequal dims as they are, "auto" lets
+# PyTorch choose. K2_ATTN overrides; bench/model.py measures each.
+ATTN_BACKEND = os.environ.get("K2_ATTN", "flash")
+
+
 def _sdpa(q, k, v, mask_BTS, scale):
     dv, dqk = v.shape[-1], q.shape[-1]
-    pad = q.is_cuda and dv < dqk and mask_BTS is None
+    if q.is_cuda and mask_BTS is None and ATTN_BACKEND == "cudnn":
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+    pad = q.is_cuda and dv < dqk and mask_BTS is None and ATTN_BACKEND == "flash"
     if pad:   # flash attention needs equal head dims: pad V with zeros, slice the output
         v = F.pad(v, (0, dqk - dv))
     if mask_BTS is None:
@@ -438,7 +450,7 @@ class KVCache:
 
     def write(self, i: int, c_BTC: torch.Tensor, k_rope_BTD: torch.Tensor):
         T = c_BTC.shape[1]
-        if self.length + T > self.max_len:
+        if not self.static and self.length + T > self.max_len:   # static: the engine bounds the steps
             raise ValueError(f"KV cache full: {self.length} + {T} > max_len {self.max_len}")
         idx = self.col + torch.arange(T, device=self.col.device)
         self.latent[i].index_copy_(1, idx, c_BTC.to(self.latent.dtype))
