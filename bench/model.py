@@ -151,6 +151,14 @@ def bench_generate(args, dev) -> list[dict]:
             params = SamplingParams(max_tokens=args.new, temperature=0)
             run = lambda: [g.token_ids for g in engine.generate(prompts.tolist(), params)]  # noqa: E731
         run()   # warm-up (CUDA graph capture, kernels, allocator)
+        if args.profile and impl == args.profile:
+            from torch.profiler import ProfilerActivity, profile
+
+            acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+            with profile(activities=acts) as prof:
+                run()
+            key = "self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total"
+            print(prof.key_averages().table(sort_by=key, row_limit=30), flush=True)
         times = []
         for _ in range(args.gen_repeat):
             sync(dev)
@@ -188,12 +196,14 @@ def main() -> None:
     ap.add_argument("--seq", type=int)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--impl", default="transformers,k2,k2-maxlogit,k2-compile,k2-compile-maxlogit",
+    ap.add_argument("--impl", default="transformers,k2,k2-compile,k2-compile-maxlogit,k2-compile-cudnn,"
+                                      "k2-compile-cudnn-maxlogit",
                     help="training implementations to time")
     ap.add_argument("--gen-impl", default="transformers,native-eager,native")
     ap.add_argument("--prompt", type=int)
     ap.add_argument("--new", type=int)
     ap.add_argument("--gen-repeat", type=int, default=3)
+    ap.add_argument("--profile", metavar="IMPL", help="print a torch.profiler table for one generation impl")
     args = ap.parse_args()
     dev = torch.device(args.device)
     gpu = dev.type == "cuda"

@@ -78,11 +78,15 @@ class Engine:
         # torch.compile fuses the decode step's ~80 small kernels per layer into a few; the CUDA
         # graph then replays them with one launch. Compiled once per (batch, cache length) shape.
         self.compile = (cuda and self.cuda_graph) if compile is None else compile
-        self._decode = torch.compile(self._forward, dynamic=False) if self.compile else self._forward
+        self._decode = torch.compile(self._forward_greedy, dynamic=False) if self.compile else self._forward_greedy
         self.max_batch = max_batch
 
     def _forward(self, tok: torch.Tensor, cache: KVCache) -> torch.Tensor:
         return self.model(tok, cache=cache).logits[:, -1]
+
+    def _forward_greedy(self, tok: torch.Tensor, cache: KVCache) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self._forward(tok, cache)
+        return logits, logits.argmax(-1)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | None = None, dtype: torch.dtype | None = None,
@@ -144,8 +148,9 @@ class Engine:
         done = torch.zeros(B, dtype=torch.bool, device=self.device)
         stops = torch.tensor(params.stop_token_ids or [-1], device=self.device)
         n = 0
+        greedy_next = None
         for t in range(params.max_tokens):
-            nxt = sample(logits, params, gen)
+            nxt = greedy_next if greedy_next is not None else sample(logits, params, gen)
             tokens[:, t] = nxt
             done |= torch.isin(nxt, stops)
             n = t + 1
@@ -153,7 +158,12 @@ class Engine:
                 on_token(t, nxt)
             if t + 1 == params.max_tokens or ((t + 1) % 8 == 0 and bool(done.all())):
                 break
-            logits = (step(nxt) if step else self._forward(nxt[:, None], cache)).float()
+            if step:
+                logits, argmax = step(nxt)
+                greedy_next = argmax if params.greedy else None   # argmax ran inside the graph
+            else:
+                logits = self._forward(nxt[:, None], cache)
+            logits = logits.float()
         rows = tokens[:, :n].tolist()
         stop_set = set(params.stop_token_ids)
         results = []
@@ -178,11 +188,11 @@ class Engine:
         cache.col.copy_(col)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            logits = self._decode(tok, cache)
+            logits, argmax = self._decode(tok, cache)
         cache.length -= 1                        # capture does not run the step
 
-        def step(nxt: torch.Tensor) -> torch.Tensor:
+        def step(nxt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             tok.copy_(nxt[:, None])
             graph.replay()
-            return logits
+            return logits, argmax
         return step

@@ -154,10 +154,10 @@ class MLA(nn.Module):
         return out * self.scale
 
 
-# Attention kernel on CUDA for training / prefill: "flash" pads V to the QK head dim (flash needs
-# equal dims; d_v 128 < d_qk 192 in K2), "cudnn" takes unequal dims as they are, "auto" lets
-# PyTorch choose. K2_ATTN overrides; bench/model.py measures each.
-ATTN_BACKEND = os.environ.get("K2_ATTN", "flash")
+# Attention kernel on CUDA for training / prefill: "cudnn" takes K2's unequal head dims
+# (d_qk 192, d_v 128) as they are; "flash" pads V to 192 (flash needs equal dims), ~6% slower
+# per training step on an H200 (docs/benchmarks.md); "auto" lets PyTorch choose. K2_ATTN overrides.
+ATTN_BACKEND = os.environ.get("K2_ATTN", "cudnn")
 
 
 def _sdpa(q, k, v, mask_BTS, scale):
@@ -235,6 +235,8 @@ class GroupedExperts(nn.Module):
     def forward(self, x_MH: torch.Tensor, gates_MK: torch.Tensor, idx_MK: torch.Tensor):
         M, K = idx_MK.shape
         E = self.gate_proj.shape[0]
+        if x_MH.is_cuda and M <= DENSE_DECODE_TOKENS and not torch.is_grad_enabled():
+            return self._dense(x_MH, gates_MK, idx_MK)
         flat = idx_MK.reshape(-1)
         order = flat.argsort(stable=True)                       # (token, slot) pairs grouped by expert
         counts_E = torch.zeros(E, dtype=torch.int32, device=x_MH.device).scatter_add_(
@@ -246,6 +248,28 @@ class GroupedExperts(nn.Module):
         y = torch.empty_like(ys).index_copy_(0, order, ys).view(M, K, -1)   # back to token order
         # sum over the K slots in a fixed order: deterministic, no atomics
         return y.sum(1), counts_E
+
+
+    def _dense(self, x_MH, gates_MK, idx_MK):
+        """Every expert on every token, unchosen ones weighted 0: for a decode step's few tokens.
+
+        It reads the same expert weights as the grouped GEMM but needs 5 kernels instead of a
+        sort, scatter, gather and three grouped GEMMs; the E/K-fold extra FLOPs are negligible at
+        M ≤ DENSE_DECODE_TOKENS (bench/model.py: generation tokens/s)."""
+        E, I, H = self.gate_proj.shape
+        M = x_MH.shape[0]
+        g = x_MH @ self.gate_proj.view(E * I, H).t()
+        u = x_MH @ self.up_proj.view(E * I, H).t()
+        h_EMI = (F.silu(g) * u).view(M, E, I).transpose(0, 1)
+        y_EMH = torch.bmm(h_EMI, self.down_proj.transpose(1, 2))
+        gates_ME = torch.zeros(M, E, device=x_MH.device, dtype=y_EMH.dtype).scatter_(
+            1, idx_MK, gates_MK.to(y_EMH.dtype))
+        counts_E = torch.zeros(E, dtype=torch.int32, device=x_MH.device).scatter_add_(
+            0, idx_MK.reshape(-1), torch.ones_like(idx_MK.reshape(-1), dtype=torch.int32))
+        return torch.einsum("emh,me->mh", y_EMH, gates_ME), counts_E
+
+
+DENSE_DECODE_TOKENS = 64   # CUDA inference with at most this many tokens takes GroupedExperts._dense
 
 
 def _gmm(x: torch.Tensor, w_EOI: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:

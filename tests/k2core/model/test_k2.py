@@ -157,3 +157,15 @@ def test_experts_run_as_grouped_gemm_equal_a_per_expert_loop():
                 ref[t] += gates[t, k] * (e.down_proj[j] @ h)
     assert torch.allclose(y, ref, atol=1e-5)
     assert torch.equal(counts, torch.bincount(idx.flatten(), minlength=8).int())
+
+
+def test_dense_decode_path_equals_grouped_gemm():
+    cfg = small_config()
+    moe = random_model(cfg).moe_layers()[0][1]
+    x = torch.randn(6, cfg.hidden_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        gates, idx, _ = moe.gate(x)
+        y_grouped, c_grouped = moe.experts(x, gates, idx)       # CPU: always the grouped path
+        y_dense, c_dense = moe.experts._dense(x, gates, idx)
+    assert torch.allclose(y_dense, y_grouped, atol=1e-6)
+    assert torch.equal(c_dense, c_grouped)
