@@ -91,7 +91,7 @@ def bench_train(args, dev, peak) -> list[dict]:
             model = model.to(dtype).train()
             for _, moe in model.moe_layers():
                 moe.gate.e_score_correction_bias.data = moe.gate.e_score_correction_bias.float()
-            k2mod.ATTN_BACKEND = "cudnn" if "cudnn" in impl else "flash"
+            k2mod.ATTN_BACKEND = "flash" if "flash" in impl else "cudnn"
             fwd = torch.compile(model) if "compile" in impl else model
             want = "maxlogit" in impl
             step_fwd = lambda: fwd(ids[:, :-1], labels=ids[:, 1:], want_max_logits=want).loss  # noqa: E731
@@ -196,8 +196,7 @@ def main() -> None:
     ap.add_argument("--seq", type=int)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--impl", default="transformers,k2,k2-compile,k2-compile-maxlogit,k2-compile-cudnn,"
-                                      "k2-compile-cudnn-maxlogit",
+    ap.add_argument("--impl", default="transformers,k2,k2-compile,k2-compile-maxlogit,k2-compile-flash",
                     help="training implementations to time")
     ap.add_argument("--gen-impl", default="transformers,native-eager,native")
     ap.add_argument("--prompt", type=int)

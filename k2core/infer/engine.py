@@ -80,6 +80,7 @@ class Engine:
         self.compile = (cuda and self.cuda_graph) if compile is None else compile
         self._decode = torch.compile(self._forward_greedy, dynamic=False) if self.compile else self._forward_greedy
         self.max_batch = max_batch
+        self._graphs: dict[tuple[int, int], tuple[KVCache, Callable]] = {}
 
     def _forward(self, tok: torch.Tensor, cache: KVCache) -> torch.Tensor:
         return self.model(tok, cache=cache).logits[:, -1]
@@ -132,18 +133,21 @@ class Engine:
                              f"max_position_embeddings ({max_pos})")
         pad = torch.tensor([P - len(p) for p in prompts])
         ids = torch.tensor([[0] * (P - len(p)) + p for p in prompts], device=self.device)
-        cache = KVCache(self.model.config, B, P + params.max_tokens, self.device, self.dtype, pad)
-        logits = self.model(ids, cache=cache, logits_to_keep=1).logits[:, -1].float()
         step = None
         if self.cuda_graph:
+            # cache length rounded up so batches of similar shape share one captured graph
+            max_len = min(-(-(P + params.max_tokens) // GRAPH_LEN_BUCKET) * GRAPH_LEN_BUCKET, max_pos)
             try:
-                step = self._graph_step(cache)
-            except RuntimeError as e:   # e.g. fp32 grouped GEMM on CUDA copies offsets to the host
-                if not getattr(self, "_warned", False):
-                    warnings.warn(f"CUDA graph capture failed, decoding eagerly: {e}")
-                    self._warned = True
-                self.cuda_graph = False
-                cache.static, cache.col = False, cache.col.clone().fill_(cache.length)
+                cache, step = self._graph_for(B, max_len)
+            except RuntimeError as e:   # capture needs every op to stay on the device
+                warnings.warn(f"CUDA graph capture failed, decoding eagerly: {e}")
+                self.cuda_graph, self._graphs = False, {}
+        if step is None:
+            cache = KVCache(self.model.config, B, P + params.max_tokens, self.device, self.dtype)
+        cache.reset(pad)
+        cache.static = False              # the prefill attends over the columns written so far
+        logits = self.model(ids, cache=cache, logits_to_keep=1).logits[:, -1].float()
+        cache.static = step is not None   # replays attend over all max_len columns, masked
         tokens = torch.empty(B, params.max_tokens, dtype=torch.long, device=self.device)
         done = torch.zeros(B, dtype=torch.bool, device=self.device)
         stops = torch.tensor(params.stop_token_ids or [-1], device=self.device)
@@ -172,27 +176,42 @@ class Engine:
             results.append(Generation(row[:cut + 1], "stop") if cut is not None else Generation(row, "length"))
         return results
 
-    def _graph_step(self, cache: KVCache):
-        """Capture one decode step (model forward on [B, 1] tokens) as a CUDA graph."""
+    def _graph_for(self, batch: int, max_len: int):
+        """The latent cache and captured decode step for this shape, captured on first use."""
+        key = (batch, max_len)
+        if key not in self._graphs:
+            if len(self._graphs) >= MAX_GRAPHS:          # drop the oldest shape
+                self._graphs.pop(next(iter(self._graphs)))
+            cache = KVCache(self.model.config, batch, max_len, self.device, self.dtype)
+            self._graphs[key] = (cache, self._capture(cache))
+        return self._graphs[key]
+
+    def _capture(self, cache: KVCache):
+        """Capture one decode step (model forward on [B, 1] tokens, greedy argmax) as a CUDA graph.
+
+        The graph reads the token, the cache, its padding and its column counter from fixed
+        device tensors, so a replay is a full decode step; the warm-up calls write scratch
+        values into columns the next prefill overwrites."""
         cache.static = True
         tok = torch.zeros(cache.batch, 1, dtype=torch.long, device=self.device)
-        col = cache.col.clone()
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):          # warm-up: compilation, allocations, lazy inits
             for _ in range(3):
-                cache.col.copy_(col)
+                cache.reset()
                 self._decode(tok, cache)
-                cache.length -= 1
         torch.cuda.current_stream().wait_stream(stream)
-        cache.col.copy_(col)
+        cache.reset()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             logits, argmax = self._decode(tok, cache)
-        cache.length -= 1                        # capture does not run the step
 
         def step(nxt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             tok.copy_(nxt[:, None])
             graph.replay()
             return logits, argmax
         return step
+
+
+GRAPH_LEN_BUCKET = 128   # cache lengths are rounded up to this for graph reuse
+MAX_GRAPHS = 4           # captured shapes kept per engine (each holds its own latent cache)

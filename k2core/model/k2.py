@@ -260,13 +260,14 @@ class GroupedExperts(nn.Module):
         M = x_MH.shape[0]
         g = x_MH @ self.gate_proj.view(E * I, H).t()
         u = x_MH @ self.up_proj.view(E * I, H).t()
-        h_EMI = (F.silu(g) * u).view(M, E, I).transpose(0, 1)
-        y_EMH = torch.bmm(h_EMI, self.down_proj.transpose(1, 2))
-        gates_ME = torch.zeros(M, E, device=x_MH.device, dtype=y_EMH.dtype).scatter_(
-            1, idx_MK, gates_MK.to(y_EMH.dtype))
+        h_EIM = (F.silu(g) * u).view(M, E, I).permute(1, 2, 0)
+        # down_proj [E, H, I] as stored (a transposed view would be copied: 64 MB per layer and step)
+        y_EHM = torch.bmm(self.down_proj, h_EIM)
+        gates_ME = torch.zeros(M, E, device=x_MH.device, dtype=y_EHM.dtype).scatter_(
+            1, idx_MK, gates_MK.to(y_EHM.dtype))
         counts_E = torch.zeros(E, dtype=torch.int32, device=x_MH.device).scatter_add_(
             0, idx_MK.reshape(-1), torch.ones_like(idx_MK.reshape(-1), dtype=torch.int32))
-        return torch.einsum("emh,me->mh", y_EMH, gates_ME), counts_E
+        return torch.einsum("ehm,me->mh", y_EHM, gates_ME), counts_E
 
 
 DENSE_DECODE_TOKENS = 64   # CUDA inference with at most this many tokens takes GroupedExperts._dense
@@ -274,6 +275,13 @@ DENSE_DECODE_TOKENS = 64   # CUDA inference with at most this many tokens takes 
 
 def _gmm(x: torch.Tensor, w_EOI: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
     """x[rows of expert e] @ w[e]ᵀ for every e in one grouped GEMM."""
+    if x.is_cuda and x.dtype != torch.bfloat16:
+        # CUDA's grouped GEMM is bf16-only: fp32 on a GPU (tests, debugging) loops over experts
+        out, start = x.new_empty(x.shape[0], w_EOI.shape[1]), 0
+        for e, end in enumerate(offs.tolist()):
+            out[start:end] = x[start:end] @ w_EOI[e].t()
+            start = end
+        return out
     return torch._grouped_mm(x, w_EOI.to(x.dtype).transpose(-2, -1), offs=offs)
 
 
@@ -464,6 +472,12 @@ class KVCache:
         self.static = False            # True: attend over all max_len columns (CUDA graph replay)
         self.col = torch.zeros((), dtype=torch.long, device=device)   # same, on the device
         self._cols = torch.arange(max_len, device=device)
+
+    def reset(self, pad: torch.Tensor | None = None) -> None:
+        """Empty the cache for a new batch (same shapes); stale columns are masked, not zeroed."""
+        self.pad.copy_(pad if pad is not None else torch.zeros_like(self.pad))
+        self.col.zero_()
+        self.length = 0
 
     def layer(self, i: int) -> LayerCache:
         return LayerCache(self, i)

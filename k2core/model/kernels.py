@@ -18,7 +18,8 @@ except ImportError:   # CPU installs: the PyTorch path in MLA._max_logit is used
 if triton is not None:
     @triton.jit
     def _qk_max_kernel(Q, K, Out, sqb, sqh, sqt, skb, skh, skt, T, S, H, NUM_M,
-                       D1: tl.constexpr, D2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                       D1: tl.constexpr, D2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                       PREC: tl.constexpr):
         pid_m = tl.program_id(0)
         bh = tl.program_id(1)
         b = bh // H
@@ -39,7 +40,7 @@ if triton is not None:
             col_ok = offs_n[None, :] < S
             k1 = tl.load(kp + d1[:, None], mask=col_ok, other=0.0)
             k2 = tl.load(kp + D1 + d2[:, None], mask=col_ok, other=0.0)
-            s = tl.dot(q1, k1) + tl.dot(q2, k2)
+            s = tl.dot(q1, k1, input_precision=PREC) + tl.dot(q2, k2, input_precision=PREC)
             valid = (offs_n[None, :] <= offs_m[:, None] + offset) & col_ok & row_ok
             s = tl.where(valid, s, float("-inf"))
             m = tl.maximum(m, tl.max(s, 1))
@@ -60,6 +61,7 @@ def qk_max_logit(q: torch.Tensor, k: torch.Tensor, d_nope: int) -> torch.Tensor:
     _qk_max_kernel[(num_m, B * N)](q, k, out, q.stride(0), q.stride(1), q.stride(2),
                                    k.stride(0), k.stride(1), k.stride(2), T, S, N, num_m,
                                    D1=d_nope, D2=D - d_nope, BLOCK_M=block_m, BLOCK_N=block_n,
+                                   PREC="ieee" if q.dtype == torch.float32 else "tf32",
                                    num_warps=4, num_stages=2)
     return out.view(B, N, num_m).amax(dim=(0, 2))
 

@@ -52,14 +52,26 @@ def test_cuda_graph_decoding_is_greedy_under_the_eager_model():
         assert (logits.max(-1).values - chosen).max().item() < 0.1
 
 
-def test_fp32_on_cuda_falls_back_to_eager_decoding():
+def test_fp32_graph_decoding_equals_cpu_and_graphs_are_reused():
     model = random_model(small_config(), seed=5).cuda()
     prompts = torch.randint(2, 4096, (2, 9), generator=torch.Generator().manual_seed(1)).tolist()
     p = SamplingParams(max_tokens=20, temperature=0)
-    with pytest.warns(UserWarning, match="CUDA graph capture failed"):
-        gpu = Engine(model, compile=False).generate(prompts, p)
-    cpu = Engine(model.cpu()).generate(prompts, p)
-    assert [g.token_ids for g in gpu] == [g.token_ids for g in cpu]
+    engine = Engine(model, compile=False)          # graph capture without inductor, fp32
+    first = engine.generate(prompts, p)
+    again = engine.generate([q[:7] for q in prompts], p)      # same bucket: the captured graph again
+    assert len(engine._graphs) == 1 and engine.cuda_graph
+    cpu = Engine(model.cpu())
+    assert [g.token_ids for g in first] == [g.token_ids for g in cpu.generate(prompts, p)]
+    assert [g.token_ids for g in again] == [g.token_ids for g in cpu.generate([q[:7] for q in prompts], p)]
+
+
+def test_fp32_grouped_experts_on_cuda_equal_cpu():
+    model = random_model(small_config(), seed=2)
+    ids = torch.randint(0, 4096, (2, 50), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        cpu = model(ids).logits
+        gpu = model.cuda()(ids.cuda()).logits.cpu()
+    assert (cpu - gpu).abs().max().item() < 1e-4
 
 
 def test_bf16_training_step_runs_and_learns():
