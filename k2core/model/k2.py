@@ -162,7 +162,7 @@ ATTN_BACKEND = os.environ.get("K2_ATTN", "cudnn")
 
 def _sdpa(q, k, v, mask_BTS, scale):
     dv, dqk = v.shape[-1], q.shape[-1]
-    if q.is_cuda and mask_BTS is None and ATTN_BACKEND == "cudnn":
+    if q.is_cuda and mask_BTS is None and ATTN_BACKEND == "cudnn" and q.dtype in (torch.bfloat16, torch.float16):
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
         with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
