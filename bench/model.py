@@ -147,9 +147,7 @@ def bench_generate(args, dev) -> list[dict]:
             model = K2ForCausalLM(cfg)
             model.load_state_dict(ours.state_dict())
             model = model.to(dev, dtype)
-            # native: CUDA graphs replaying 4 greedy steps each; native-1step: one step per replay
-            engine = Engine(model, cuda_graph=impl != "native-eager" and dev.type == "cuda",
-                            graph_steps=1 if impl == "native-1step" else 4, max_batch=args.batch)
+            engine = Engine(model, cuda_graph=(impl == "native") and dev.type == "cuda", max_batch=args.batch)
             params = SamplingParams(max_tokens=args.new, temperature=0)
             run = lambda: [g.token_ids for g in engine.generate(prompts.tolist(), params)]  # noqa: E731
         run()   # warm-up (CUDA graph capture, kernels, allocator)
@@ -200,7 +198,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--impl", default="transformers,k2,k2-compile,k2-compile-maxlogit,k2-compile-flash",
                     help="training implementations to time")
-    ap.add_argument("--gen-impl", default="transformers,native-eager,native-1step,native")
+    ap.add_argument("--gen-impl", default="transformers,native-eager,native")
     ap.add_argument("--prompt", type=int)
     ap.add_argument("--new", type=int)
     ap.add_argument("--gen-repeat", type=int, default=3)

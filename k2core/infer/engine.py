@@ -69,7 +69,7 @@ class Engine:
     """Generate token ids from a K2ForCausalLM (``Engine.from_checkpoint(dir)``)."""
 
     def __init__(self, model: K2ForCausalLM, *, cuda_graph: bool | None = None, compile: bool | None = None,
-                 max_batch: int = 64, graph_steps: int = 4):
+                 max_batch: int = 64):
         self.model = model.eval()
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
@@ -80,8 +80,7 @@ class Engine:
         self.compile = (cuda and self.cuda_graph) if compile is None else compile
         self._decode = torch.compile(self._forward_greedy, dynamic=False) if self.compile else self._forward_greedy
         self.max_batch = max_batch
-        self.graph_steps = graph_steps if self.cuda_graph else 1   # greedy steps per graph replay
-        self._graphs: dict[tuple[int, int], tuple] = {}
+        self._graphs: dict[tuple[int, int], tuple[KVCache, Callable]] = {}
 
     def _forward(self, tok: torch.Tensor, cache: KVCache) -> torch.Tensor:
         return self.model(tok, cache=cache).logits[:, -1]
@@ -134,15 +133,12 @@ class Engine:
                              f"max_position_embeddings ({max_pos})")
         pad = torch.tensor([P - len(p) for p in prompts])
         ids = torch.tensor([[0] * (P - len(p)) + p for p in prompts], device=self.device)
-        step = multi = None
+        step = None
         if self.cuda_graph:
-            # greedy decoding replays graph_steps steps per launch, so it may run up to
-            # graph_steps - 1 steps past max_tokens; the cache length is rounded up for those and
-            # to a bucket, so batches of similar shape share one captured graph
-            decode_steps = -(-(params.max_tokens - 1) // self.graph_steps) * self.graph_steps
-            max_len = -(-(P + decode_steps + 1) // GRAPH_LEN_BUCKET) * GRAPH_LEN_BUCKET
+            # cache length rounded up so batches of similar shape share one captured graph
+            max_len = min(-(-(P + params.max_tokens) // GRAPH_LEN_BUCKET) * GRAPH_LEN_BUCKET, max_pos)
             try:
-                cache, step, multi = self._graph_for(B, max_len)
+                cache, step = self._graph_for(B, max_len)
             except RuntimeError as e:   # capture needs every op to stay on the device
                 warnings.warn(f"CUDA graph capture failed, decoding eagerly: {e}")
                 self.cuda_graph, self._graphs = False, {}
@@ -155,39 +151,6 @@ class Engine:
         tokens = torch.empty(B, params.max_tokens, dtype=torch.long, device=self.device)
         done = torch.zeros(B, dtype=torch.bool, device=self.device)
         stops = torch.tensor(params.stop_token_ids or [-1], device=self.device)
-        if multi is not None and params.greedy:
-            n = self._greedy_chunks(multi, logits, tokens, done, stops, params.max_tokens, on_token)
-        else:
-            n = self._step_by_step(step, cache, logits, tokens, done, stops, params, gen, on_token)
-        rows = tokens[:, :n].tolist()
-        stop_set = set(params.stop_token_ids)
-        results = []
-        for row in rows:
-            cut = next((i for i, tok in enumerate(row) if tok in stop_set), None)
-            results.append(Generation(row[:cut + 1], "stop") if cut is not None else Generation(row, "length"))
-        return results
-
-    def _greedy_chunks(self, multi, logits, tokens, done, stops, max_tokens, on_token) -> int:
-        """Greedy decoding, graph_steps tokens per graph replay (argmax chained inside the graph)."""
-        nxt = logits.argmax(-1)
-        tokens[:, 0] = nxt
-        done |= torch.isin(nxt, stops)
-        if on_token is not None:
-            on_token(0, nxt)
-        t = 1
-        while t < max_tokens and not bool(done.all()):   # one host sync per chunk
-            out = multi(nxt)
-            k = min(self.graph_steps, max_tokens - t)
-            tokens[:, t:t + k] = out[:, :k]
-            done |= torch.isin(out[:, :k], stops).any(1)
-            if on_token is not None:
-                for i in range(k):
-                    on_token(t + i, tokens[:, t + i])
-            nxt = tokens[:, t + k - 1]
-            t += k
-        return t
-
-    def _step_by_step(self, step, cache, logits, tokens, done, stops, params, gen, on_token) -> int:
         n = 0
         greedy_next = None
         for t in range(params.max_tokens):
@@ -205,7 +168,13 @@ class Engine:
             else:
                 logits = self._forward(nxt[:, None], cache)
             logits = logits.float()
-        return n
+        rows = tokens[:, :n].tolist()
+        stop_set = set(params.stop_token_ids)
+        results = []
+        for row in rows:
+            cut = next((i for i, tok in enumerate(row) if tok in stop_set), None)
+            results.append(Generation(row[:cut + 1], "stop") if cut is not None else Generation(row, "length"))
+        return results
 
     def _graph_for(self, batch: int, max_len: int):
         """The latent cache and captured decode step for this shape, captured on first use."""
@@ -214,38 +183,8 @@ class Engine:
             if len(self._graphs) >= MAX_GRAPHS:          # drop the oldest shape
                 self._graphs.pop(next(iter(self._graphs)))
             cache = KVCache(self.model.config, batch, max_len, self.device, self.dtype)
-            multi = self._capture_chain(cache, self.graph_steps) if self.graph_steps > 1 else None
-            self._graphs[key] = (cache, self._capture(cache), multi)
+            self._graphs[key] = (cache, self._capture(cache))
         return self._graphs[key]
-
-    def _capture_chain(self, cache: KVCache, steps: int):
-        """Capture `steps` greedy decode steps as one graph: each step's argmax feeds the next."""
-        cache.static = True
-        tok = torch.zeros(cache.batch, 1, dtype=torch.long, device=self.device)
-        out = torch.zeros(cache.batch, steps, dtype=torch.long, device=self.device)
-
-        def chain():
-            for i in range(steps):
-                _, argmax = self._decode(tok, cache)
-                out[:, i].copy_(argmax)
-                tok.copy_(argmax[:, None])
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(2):
-                cache.reset()
-                chain()
-        torch.cuda.current_stream().wait_stream(stream)
-        cache.reset()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            chain()
-
-        def run(nxt: torch.Tensor) -> torch.Tensor:
-            tok.copy_(nxt[:, None])
-            graph.replay()
-            return out
-        return run
 
     def _capture(self, cache: KVCache):
         """Capture one decode step (model forward on [B, 1] tokens, greedy argmax) as a CUDA graph.
