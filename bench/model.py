@@ -196,9 +196,11 @@ def main() -> None:
     ap.add_argument("--seq", type=int)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--impl", default="transformers,k2,k2-compile,k2-compile-maxlogit,k2-compile-flash",
-                    help="training implementations to time")
-    ap.add_argument("--gen-impl", default="transformers,native-eager,native")
+    ap.add_argument("--impl", help="training implementations to time (default: GPU "
+                    "transformers,k2,k2-compile,k2-compile-maxlogit,k2-compile-flash; CPU transformers,k2,"
+                    "k2-maxlogit — torch.compile's grouped GEMM is bf16-only)")
+    ap.add_argument("--gen-impl", help="generation implementations (default: GPU transformers,native-eager,"
+                    "native — native = compiled decode step replayed as a CUDA graph; CPU transformers,native)")
     ap.add_argument("--prompt", type=int)
     ap.add_argument("--new", type=int)
     ap.add_argument("--gen-repeat", type=int, default=3)
@@ -207,6 +209,9 @@ def main() -> None:
     dev = torch.device(args.device)
     gpu = dev.type == "cuda"
     args.preset = args.preset or ("h200" if gpu else "tiny")
+    args.impl = args.impl or ("transformers,k2,k2-compile,k2-compile-maxlogit,k2-compile-flash" if gpu
+                              else "transformers,k2,k2-maxlogit")
+    args.gen_impl = args.gen_impl or ("transformers,native-eager,native" if gpu else "transformers,native")
     torch.backends.cuda.matmul.allow_tf32 = True
     peak = matmul_peak(dev)
     machine = torch.cuda.get_device_name() if gpu else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
