@@ -160,11 +160,6 @@ PRESETS: dict[str, dict[str, Any]] = {
                  num_hidden_layers=2, num_attention_heads=4, q_lora_rank=64, kv_lora_rank=32,
                  qk_nope_head_dim=32, qk_rope_head_dim=16, v_head_dim=32, n_routed_experts=8,
                  num_experts_per_tok=2, max_position_embeddings=1024),
-    # tiny, but the latent + rotary key is 512 + 64: the only MLA shape vLLM's CPU kernel serves
-    "tiny-vllm": dict(vocab_size=4096, hidden_size=256, intermediate_size=512, moe_intermediate_size=64,
-                      num_hidden_layers=2, num_attention_heads=4, q_lora_rank=128, kv_lora_rank=512,
-                      qk_nope_head_dim=64, qk_rope_head_dim=64, v_head_dim=64, n_routed_experts=8,
-                      num_experts_per_tok=2, max_position_embeddings=1024),
     # one H200: ~0.9B total / ~0.2B active
     "h200": dict(vocab_size=32_000, hidden_size=1024, intermediate_size=2816, moe_intermediate_size=512,
                  num_hidden_layers=8, num_attention_heads=8, q_lora_rank=384, kv_lora_rank=256,
@@ -180,6 +175,9 @@ PRESETS: dict[str, dict[str, Any]] = {
                   rope_scaling=dict(factor=32.0, original_max_position_embeddings=4096, beta_fast=1.0,
                                     beta_slow=1.0, mscale=1.0, mscale_all_dim=1.0)),
 }
+# tiny, but the latent + rotary key is 512 + 64: the only MLA shape vLLM's CPU kernel serves
+PRESETS["tiny-vllm"] = dict(PRESETS["tiny"], hidden_size=256, intermediate_size=512, q_lora_rank=128,
+                            kv_lora_rank=512, qk_nope_head_dim=64, qk_rope_head_dim=64, v_head_dim=64)
 
 
 def param_counts(cfg: ModelConfig) -> dict[str, int]:
