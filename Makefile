@@ -51,7 +51,7 @@ demo: $(STAMP)
 
 # The full suite, slow tests and the vLLM parity test included (K2_REQUIRE_VLLM: fail, never skip).
 test: $(STAMP) $(VLLM_STAMP) sysdeps
-	K2_VLLM_PYTHON=$(VLLM_VENV)/bin/python K2_REQUIRE_VLLM=1 $(BIN)/python -m pytest -q -ra
+	K2_VLLM_PYTHON=$(abspath $(VLLM_VENV))/bin/python K2_REQUIRE_VLLM=1 $(BIN)/python -m pytest -q -ra
 
 test-fast: $(STAMP) sysdeps
 	$(BIN)/python -m pytest -q -m "not slow"

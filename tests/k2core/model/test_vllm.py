@@ -35,7 +35,7 @@ def vllm_python() -> str:
         if os.environ.get("K2_REQUIRE_VLLM") == "1":
             pytest.fail(msg)
         pytest.skip(msg)
-    return py
+    return str(Path(py).absolute())      # the helper runs with its own working directory
 
 
 TIE = 0.05   # nats
