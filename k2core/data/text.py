@@ -1,0 +1,164 @@
+"""Text primitives for curation: a fast word tokenizer, sentence counting, character classes.
+
+The word tokenizer is one compiled regex that splits English the way spaCy's rule-based tokenizer
+does in the cases the Gopher / C4 / FineWeb statistics depend on (punctuation split from words,
+contractions "do|n't", "it|'s", abbreviations "e.g." and numbers "3.5" kept whole, hyphens split,
+URLs and e-mail addresses whole) at a fraction of its cost. Where it differs from spaCy (mostly
+code-like text) the curation benchmark lists the disagreements (docs/benchmarks.md).
+"""
+from __future__ import annotations
+
+import re
+import unicodedata
+from functools import lru_cache
+
+# ---------------------------------------------------------------------------- word tokenizer
+# spaCy's English tokenizer, in its essentials: split on whitespace; from each chunk peel prefixes
+# (opening punctuation, quotes, currency) and suffixes (closing punctuation, quotes, "'s", a period
+# after a digit, a lowercase letter or two capitals); split infixes (hyphens between letters,
+# ellipses, "a,b", "a/b", "1+2"); keep URLs, "e.g."-style abbreviations and common titles whole;
+# split contractions (do|n't, I|'m). A chunk of letters only — most of prose — takes none of it.
+_PUNCT = r"""…,:;!?¿¡()\[\]{}<>_#*&。？！，、；：～·"""
+_QUOTES = r"""'"”“`‘´’‚„»«「」『』（）〔〕【】《》〈〉"""
+_PREFIX = re.compile(rf"""^(?:\.\.+|[{_PUNCT}{_QUOTES}$£€¥§%=—–]|\+(?![0-9]))""")
+_SUFFIX = re.compile(rf"""(?:\.\.+|[{_PUNCT}{_QUOTES}%°—–]|['’][sS]|(?<=[0-9])\+|"""
+                     rf"""(?<=[0-9a-z%²\-+{_PUNCT}{_QUOTES}])\.|(?<=[A-Z][A-Z])\.)$""")
+_INFIX = re.compile(r"""\.\.+|…|(?<=[0-9])[+\-*^](?=[0-9-])|(?<=[a-z'"”])\.(?=[A-Z'"“])|"""
+                    r"""(?<=[^\W\d_]),(?=[^\W\d_])|(?<=[^\W_])(?:---|--|-|–|—|~)(?=[^\W\d_])|"""
+                    r"""(?<=[^\W_])[:<>=/](?=[^\W\d_])""")
+_URL = re.compile(r"^(?:(?:https?://|www\.)\S+|[\w.+-]+@[\w-]+(?:\.[\w-]+)+)$")
+_WHOLE = re.compile(r"""^(?:(?:[^\W\d_]\.){1,}|"""
+                    r"""(?:Mr|Mrs|Ms|Dr|Prof|St|Jr|Sr|vs|Inc|Ltd|Co|Corp|Jan|Feb|Mar|Apr|Jun|Jul|Aug|"""
+                    r"""Sep|Sept|Oct|Nov|Dec)\.|-+|~+|\.{2,}|\):|\(:|:\)|:\(|:-\)|;\)|:D|and/or)$""")
+# spaCy merges these when affix splitting leaves them adjacent (its special cases span tokens)
+_MERGE = {(")", ":"): "):", ("(", ":"): "(:", ("[", ":"): "[:", (":", ")"): ":)", (":", "("): ":("}
+_CONTRACTION = re.compile(r"^([^\W\d_]+?)(n['’]t|['’](?:m|re|ve|ll|d|M|RE|VE|LL|D))$")
+
+
+def _special(chunk: str) -> list[str] | None:
+    if _WHOLE.match(chunk):
+        return [chunk]
+    m = _CONTRACTION.match(chunk)
+    if m:
+        return [m.group(1), m.group(2)]
+    if chunk.lower() == "cannot":
+        return [chunk[:3], chunk[3:]]
+    return None
+
+
+def _split_chunk(chunk: str, out: list[str]) -> None:
+    begin = len(out)
+    special = _special(chunk)
+    if special:
+        out.extend(special)
+        return
+    suffixes: list[str] = []
+    while chunk:
+        m = _PREFIX.match(chunk)
+        if m and m.end() < len(chunk) or (m and not _SUFFIX.search(chunk)):
+            out.append(m.group())
+            chunk = chunk[m.end():]
+            special = _special(chunk)
+            if special:
+                out.extend(special)
+                chunk = ""
+                break
+            continue
+        m = _SUFFIX.search(chunk)
+        if m and m.start() > 0:
+            suffixes.append(m.group())
+            chunk = chunk[: m.start()]
+            special = _special(chunk)
+            if special:
+                out.extend(special)
+                chunk = ""
+                break
+            continue
+        break
+    if chunk and _URL.match(chunk):     # URLs are matched after the affixes are peeled, as in spaCy
+        out.append(chunk)
+        chunk = ""
+    if chunk:
+        pos = 0
+        for m in _INFIX.finditer(chunk):
+            if m.start() > pos:
+                out.append(chunk[pos:m.start()])
+            if m.end() > m.start():
+                out.append(m.group())
+            pos = m.end()
+        if pos < len(chunk):
+            out.append(chunk[pos:])
+    out.extend(reversed(suffixes))
+    i = begin
+    while i < len(out) - 1:
+        pair = _MERGE.get((out[i], out[i + 1]))
+        if pair:
+            out[i:i + 2] = [pair]
+        i += 1
+
+
+_CHUNKS: dict[str, tuple[str, ...]] = {}      # chunk -> its tokens: text repeats its chunks
+_CHUNKS_MAX = 1 << 20
+
+
+def _tokens(chunk: str) -> tuple[str, ...]:
+    if chunk.isalpha() and chunk not in ("cannot", "Cannot"):
+        return (chunk,)
+    buf: list[str] = []
+    _split_chunk(chunk, buf)
+    return tuple(buf)
+
+
+def words(text: str) -> list[str]:
+    """Word tokens (punctuation tokens included, whitespace dropped), spaCy-style.
+
+    Each distinct whitespace chunk is tokenised once and cached: text repeats its chunks."""
+    out: list[str] = []
+    cache = _CHUNKS
+    for chunk in text.split():
+        toks = cache.get(chunk)
+        if toks is None:
+            if len(cache) >= _CHUNKS_MAX:
+                cache.clear()
+            toks = cache[chunk] = _tokens(chunk)
+        if len(toks) == 1:
+            out.append(toks[0])
+        else:
+            out.extend(toks)
+    return out
+
+
+STOP_WORDS = frozenset(["the", "be", "to", "of", "and", "that", "have", "with"])   # Gopher (Rae et al. 2021)
+
+# spaCy's Sentencizer ends a sentence after one of these, at the next non-punctuation token
+SENTENCE_END = frozenset("!.?։؟۔܀܁܂߹।॥၊။።፧፨᙮᜵᜶᠃᠉᥄᥅᪨᪩᪪᪫᭚᭛᭞᭟᰻᰼᱾᱿‼‽⁇⁈⁉⸮⸼꓿꘎꘏꛳꛷꡶꡷꣎꣏꤯꧈꧉꩝꩞꩟꫰꫱꯫﹒﹖﹗！．？｡。")
+
+
+@lru_cache(maxsize=1 << 16)
+def is_symbol(tok: str) -> bool:
+    """Every character punctuation or a symbol (Unicode P* / S*): '.', '--', '$', '»'."""
+    return all(unicodedata.category(c)[0] in "PS" for c in tok)
+
+
+@lru_cache(maxsize=1 << 16)
+def is_punct(tok: str) -> bool:
+    return all(unicodedata.category(c)[0] == "P" for c in tok)
+
+
+def has_alpha(tok: str) -> bool:
+    return any(c.isalpha() for c in tok)
+
+
+def count_sentences(toks: list[str]) -> int:
+    """Sentences in a tokenised line, by spaCy's Sentencizer rule."""
+    if not toks:
+        return 0
+    n, seen_end = 1, False
+    for t in toks:
+        end = t in SENTENCE_END
+        if seen_end and not end and not is_punct(t):
+            n += 1
+            seen_end = False
+        elif end:
+            seen_end = True
+    return n
