@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator
 
 
 class ConfigError(ValueError):
@@ -49,6 +49,61 @@ class IngestConfig(Section):
                                        description="gate: largest tolerated fraction of rejected records")
 
 
+def _filters():
+    from k2core.data import filters   # numpy only; pandas loads lazily inside the filters
+
+    return filters
+
+
+class CurateConfig(Section):
+    """Ingested documents -> filtered, deduplicated, domain-tagged shards (the `curate` stage).
+
+    Each filter's thresholds default to the published values (K2_REFERENCE.md §3) and are set
+    with dotted overrides, e.g. ``--set curate.gopher_quality.min_doc_words=30``."""
+
+    length: Any = Field(default_factory=lambda: _filters().LengthFilter())
+    binary: Any = Field(default_factory=lambda: _filters().BinaryFilter())
+    english_enabled: bool = Field(True, description="apply the English heuristic to prose documents")
+    english: Any = Field(default_factory=lambda: _filters().EnglishFilter())
+    gopher_repetition: Any = Field(default_factory=lambda: _filters().GopherRepetitionFilter())
+    gopher_quality: Any = Field(default_factory=lambda: _filters().GopherQualityFilter())
+    c4: Any = Field(default_factory=lambda: _filters().C4Filter())
+    fineweb: Any = Field(default_factory=lambda: _filters().FineWebFilter())
+    code: Any = Field(default_factory=lambda: _filters().CodeFilter())
+    dedup_exact: bool = True
+    dedup_fuzzy: bool = True
+    minhash_ngram: int = Field(5, ge=1, description="word n-gram shingles")
+    minhash_bands: int = Field(14, ge=1)
+    minhash_rows: int = Field(8, ge=1)
+    minhash_seed: int = 1
+    dask_address: str | None = Field(None, description="an existing Dask scheduler; None = a LocalCluster")
+    dask_workers: int | None = Field(None, ge=1, description="LocalCluster workers; None = one per core")
+    max_drop_fraction: float = Field(0.98, ge=0.0, le=1.0,
+                                     description="gate: a filter dropping nearly everything fails the run")
+    min_docs_out: int = Field(1, ge=0, description="gate: fewest documents the stage may output")
+
+    @field_validator("length", "binary", "english", "gopher_repetition", "gopher_quality", "c4", "fineweb",
+                     "code", mode="before")
+    @classmethod
+    def _build_filter(cls, v, info):
+        f = _filters()
+        kind = {"length": f.LengthFilter, "binary": f.BinaryFilter, "english": f.EnglishFilter,
+                "gopher_repetition": f.GopherRepetitionFilter, "gopher_quality": f.GopherQualityFilter,
+                "c4": f.C4Filter, "fineweb": f.FineWebFilter, "code": f.CodeFilter}[info.field_name]
+        if isinstance(v, kind):
+            return v
+        if isinstance(v, dict):
+            return kind(**v)
+        raise ValueError(f"expected a mapping of {kind.__name__} thresholds, got {v!r}")
+
+    @field_serializer("length", "binary", "english", "gopher_repetition", "gopher_quality", "c4", "fineweb",
+                      "code")
+    def _dump_filter(self, v):
+        import dataclasses
+
+        return dataclasses.asdict(v)
+
+
 class PipelineConfig(Section):
     """The whole pipeline. Later stages add their sections here."""
 
@@ -56,6 +111,7 @@ class PipelineConfig(Section):
     seed: int = 0
     store: StoreConfig = Field(default_factory=StoreConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
+    curate: CurateConfig = Field(default_factory=CurateConfig)
 
 
 # ---------------------------------------------------------------------------- profiles

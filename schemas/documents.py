@@ -10,6 +10,12 @@ DOCUMENT_SCHEMA = pa.schema([
     pa.field("meta", pa.string(), nullable=False),     # JSON object: the record's other fields
 ])
 
+# `curate` output: the document columns plus its domain and exact-dedup key
+CURATED_SCHEMA = pa.schema(list(DOCUMENT_SCHEMA) + [
+    pa.field("domain", pa.string(), nullable=False),     # prose | code | math
+    pa.field("exact_key", pa.string(), nullable=False),  # 64-bit hash of the normalised text, hex
+])
+
 REJECT_SCHEMA = pa.schema([
     pa.field("source", pa.string(), nullable=False),
     pa.field("locator", pa.string(), nullable=False),

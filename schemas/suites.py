@@ -25,3 +25,23 @@ def ingest_suite(cfg: Any) -> dict[str, Any]:
             {"metric": "reject_fraction", "max": cfg.max_reject_fraction},
         ],
     }
+
+
+def curate_suite(cfg: Any) -> dict[str, Any]:
+    return {
+        "name": "curate",
+        "columns": ["id", "n_chars", "domain", "exact_key"],
+        "expectations": [
+            {"type": "ExpectTableRowCountToBeBetween", "min_value": max(1, cfg.min_docs_out)},
+            {"type": "ExpectColumnValuesToNotBeNull", "column": "id"},
+            {"type": "ExpectColumnValuesToBeUnique", "column": "id"},
+            {"type": "ExpectColumnValuesToBeUnique", "column": "exact_key"},      # no exact duplicate left
+            {"type": "ExpectColumnValuesToBeBetween", "column": "n_chars", "min_value": 1,
+             "max_value": cfg.length.max_chars},
+            {"type": "ExpectColumnValuesToBeInSet", "column": "domain", "value_set": ["prose", "code", "math"]},
+        ],
+        "metric_checks": [
+            {"metric": "drop_fraction", "max": cfg.max_drop_fraction},
+            {"metric": "docs_out", "min": cfg.min_docs_out},
+        ],
+    }

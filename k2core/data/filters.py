@@ -11,11 +11,18 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import ClassVar
+
+from pydantic import ConfigDict
+from pydantic.dataclasses import dataclass as _pydantic_dataclass
 
 import numpy as np
-import pandas as pd
 
 from k2core.data.text import STOP_WORDS, count_sentences, has_alpha, is_symbol, words
+
+
+# filters are typed, validated configuration too: unknown or ill-typed thresholds fail at load
+filter_config = _pydantic_dataclass(config=ConfigDict(extra="forbid"))
 
 
 @dataclass
@@ -43,11 +50,11 @@ class Doc:
 
 
 # ---------------------------------------------------------------------------- cheap guards
-@dataclass
+@filter_config
 class LengthFilter:
     min_chars: int = 100
     max_chars: int = 1_000_000     # judged before tokenising: a 50 MB document costs nothing
-    name: str = "length"
+    name: ClassVar[str] = "length"
 
     def __call__(self, doc: Doc) -> str | None:
         n = len(doc.text)
@@ -61,12 +68,12 @@ class LengthFilter:
 _BAD_CHARS = re.compile("[\ufffd\x00-\x08\x0e-\x1f]")
 
 
-@dataclass
+@filter_config
 class BinaryFilter:
     """Text that is mostly decoding debris (U+FFFD, control characters) is not language."""
 
     max_bad_char_fraction: float = 0.01
-    name: str = "binary"
+    name: ClassVar[str] = "binary"
 
     def __call__(self, doc: Doc) -> str | None:
         bad = len(_BAD_CHARS.findall(doc.text[:100_000]))
@@ -79,14 +86,14 @@ which but have an they you were her she there one all we their has been had woul
 when so no said who more about up them some could him into its then two only do may these other than""".split())
 
 
-@dataclass
+@filter_config
 class EnglishFilter:
     """English heuristic: Latin script, and common English function words among the words."""
 
     min_latin_fraction: float = 0.8      # of alphabetic characters
     min_function_word_fraction: float = 0.05
     sample_chars: int = 20_000
-    name: str = "english"
+    name: ClassVar[str] = "english"
 
     def __call__(self, doc: Doc) -> str | None:
         sample = doc.text[: self.sample_chars]
@@ -156,6 +163,8 @@ class _Grams:
     def _codes(self, n: int) -> np.ndarray:
         """n-gram codes numbered by first appearance (hash-based: O(len), no sort)."""
         if n not in self._code_cache:
+            import pandas as pd   # lazily: the config imports this module
+
             self._code_cache[n] = pd.factorize(_ngram_keys(self.ids, n))[0]
         return self._code_cache[n]
 
@@ -206,7 +215,7 @@ class _Grams:
         return total
 
 
-@dataclass
+@filter_config
 class GopherRepetitionFilter:
     dup_line_frac: float = 0.3
     dup_para_frac: float = 0.3
@@ -214,7 +223,7 @@ class GopherRepetitionFilter:
     dup_para_char_frac: float = 0.2
     top_n_grams: tuple[tuple[int, float], ...] = ((2, 0.20), (3, 0.18), (4, 0.16))
     dup_n_grams: tuple[tuple[int, float], ...] = ((5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11), (10, 0.10))
-    name: str = "gopher_repetition"
+    name: ClassVar[str] = "gopher_repetition"
 
     def __call__(self, doc: Doc) -> str | None:
         text = doc.text
@@ -248,7 +257,7 @@ class GopherRepetitionFilter:
         return None
 
 
-@dataclass
+@filter_config
 class GopherQualityFilter:
     min_doc_words: int = 50
     max_doc_words: int = 100_000
@@ -259,7 +268,7 @@ class GopherQualityFilter:
     max_ellipsis_lines_ratio: float = 0.3
     min_alpha_words_ratio: float = 0.8
     min_stop_words: int = 2
-    name: str = "gopher_quality"
+    name: ClassVar[str] = "gopher_quality"
 
     def __call__(self, doc: Doc) -> str | None:
         text, counts = doc.text, doc.counts
@@ -296,7 +305,7 @@ _CITATION = re.compile(r"\[\d*]|\[edit]|\[citation needed]")
 _POLICY = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies")
 
 
-@dataclass
+@filter_config
 class C4Filter:
     """C4's rules: drop lines (no terminal punctuation, < 3 words, javascript, policy notices,
     a word > 1000 characters) and whole documents (lorem ipsum, a curly bracket, < 5 sentences);
@@ -306,7 +315,7 @@ class C4Filter:
     min_words_per_line: int = 3
     max_word_length: int = 1000
     remove_citations: bool = True
-    name: str = "c4"
+    name: ClassVar[str] = "c4"
 
     def __call__(self, doc: Doc) -> str | None:
         kept, sentences = [], 0
@@ -338,14 +347,14 @@ class C4Filter:
         return None
 
 
-@dataclass
+@filter_config
 class FineWebFilter:
     line_punct_thr: float = 0.12
     short_line_thr: float = 0.67
     short_line_length: int = 30
     char_duplicates_ratio: float = 0.01
     new_line_ratio: float = 0.3
-    name: str = "fineweb"
+    name: ClassVar[str] = "fineweb"
 
     def __call__(self, doc: Doc) -> str | None:
         lines = [ln for ln in doc.text.split("\n") if ln.strip()]
@@ -366,7 +375,7 @@ class FineWebFilter:
 _GENERATED = re.compile(r"auto-?generated|do not edit|generated by", re.I)
 
 
-@dataclass
+@filter_config
 class CodeFilter:
     """Code judged as code (in the spirit of The Stack / StarCoder's filters)."""
 
@@ -374,7 +383,7 @@ class CodeFilter:
     max_mean_line_length: float = 100
     min_alnum_fraction: float = 0.25
     max_generated_marker_chars: int = 500     # a generated-file marker in the first N characters
-    name: str = "code"
+    name: ClassVar[str] = "code"
 
     def __call__(self, doc: Doc) -> str | None:
         lines = doc.text.splitlines() or [""]
@@ -390,8 +399,10 @@ class CodeFilter:
 
 
 # ---------------------------------------------------------------------------- domains
-_CODE_LINE = re.compile(r"^\s*(def |class |import |from \S+ import|return\b|if .*:$|for .*:$|#include|"
-                        r"function\b|var |let |const |public |private |@\w+|\}|\{$|.*;\s*$)")
+_CODE_LINE = re.compile(r"^\s*(def |class |import |from \S+ import|return\b|(if|elif|for|while|with|except) .*:$|"
+                        r"(else|try|finally|except):$|#|//|/\*|\*/|#include|function\b|var |let |const |"
+                        r"public |private |@\w+|\}|\{$|.*;\s*$|[\w.\[\]]+\s*[-+*/|&]?=\s*\S|"
+                        r"[\w.]+\(.*\)$|raise\b|pass$|yield\b|assert\b)")
 _MATH = re.compile(r"\\(frac|sum|int|alpha|beta|sqrt|begin\{equation|mathbb|cdot|leq|geq)|\$[^$\n]+\$|"
                    r"\b(theorem|lemma|proof|equation|integral|derivative|polynomial)\b|[=+\-*/^]\s*\d", re.I)
 
@@ -400,10 +411,12 @@ DOMAINS = ("prose", "code", "math")
 
 def tag_domain(text: str, source: str = "") -> str:
     """prose (knowledge), code or math, from the source's extension and the text itself."""
-    if source.endswith((".py", ".c", ".h", ".js", ".ts", ".java", ".go", ".rs", ".cpp", ".sh")):
-        return "code"
     lines = [ln for ln in text[:20_000].splitlines() if ln.strip()]
-    if lines and sum(bool(_CODE_LINE.match(ln)) for ln in lines) / len(lines) > 0.3:
+    code_share = sum(bool(_CODE_LINE.match(ln)) for ln in lines) / len(lines) if lines else 0.0
+    # a source file's extension lowers the bar (docstrings taken from .py files are prose)
+    is_code_file = source.split(":")[0].endswith((".py", ".c", ".h", ".js", ".ts", ".java", ".go", ".rs",
+                                                  ".cpp", ".sh"))
+    if code_share > (0.1 if is_code_file else 0.3):
         return "code"
     sample = text[:20_000]
     if len(_MATH.findall(sample)) / max(1, len(sample.split())) > 0.05:

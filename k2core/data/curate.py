@@ -1,0 +1,215 @@
+"""`curate`: ingested documents -> quality-filtered, deduplicated, domain-tagged Parquet shards.
+
+Two passes over the shards, each a Dask task per shard (a LocalCluster with one worker per core by
+default, or the cluster at `curate.dask_address`):
+
+1. filter: tag each document's domain (prose / code / math), run the domain's filter chain
+   (prose: length, binary, English, Gopher repetition, Gopher quality, C4 line cleaning, FineWeb;
+   code: length, binary, code; math: length, binary, Gopher repetition), write kept documents with
+   their exact-dedup key and MinHash-LSH band keys, and rejects with `filter:reason`.
+2. dedup: the driver joins documents sharing an exact key or a band key across the whole corpus
+   (union-find); each cluster keeps its smallest id. Each shard then drops its duplicates
+   (rejected as `dedup:exact_duplicate` / `dedup:near_duplicate`, naming the kept id).
+
+Shards stream in record batches; a document over `length.max_chars` is rejected before it is
+tokenised, so one huge document costs no more memory than its own text.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from k2core.data.dedup import MinHasher, clusters, exact_key
+from k2core.data.filters import Doc, tag_domain
+from k2core.stage import K2Error, StageContext
+from schemas.documents import CURATED_SCHEMA, REJECT_SCHEMA
+
+STAGE1 = pa.schema(list(CURATED_SCHEMA) + [pa.field("bands", pa.list_(pa.uint64()))])
+
+
+def chains(cfg) -> dict[str, list]:
+    """The filter chain of each domain, built from the typed config."""
+    prose = [cfg.length, cfg.binary]
+    if cfg.english_enabled:
+        prose.append(cfg.english)
+    prose += [cfg.gopher_repetition, cfg.gopher_quality, cfg.c4, cfg.fineweb]
+    return {"prose": prose,
+            "code": [cfg.length, cfg.binary, cfg.code],
+            "math": [cfg.length, cfg.binary, cfg.gopher_repetition]}
+
+
+def _hasher(cfg) -> MinHasher:
+    return MinHasher(cfg.minhash_ngram, cfg.minhash_bands, cfg.minhash_rows, cfg.minhash_seed)
+
+
+def filter_shard(src: str, out_dir: str, part: int, cfg) -> dict[str, Any]:
+    """Pass 1 on one input shard (runs on a Dask worker)."""
+    chain_of = chains(cfg)
+    hasher = _hasher(cfg) if cfg.dedup_fuzzy else None
+    kept_rows: list[dict] = []
+    rejects: list[dict] = []
+    drops: Counter = Counter()
+    domains: Counter = Counter()
+    n_in = bytes_in = 0
+    out = Path(out_dir)
+    kept_w = pq.ParquetWriter(out / f"stage1-{part:05d}.parquet", STAGE1, compression="zstd")
+    rej_w = pq.ParquetWriter(out / f"rejects-{part:05d}.parquet", REJECT_SCHEMA, compression="zstd")
+
+    def flush(force: bool = False):
+        if kept_rows and (force or len(kept_rows) >= 500):
+            kept_w.write_table(pa.Table.from_pylist(kept_rows, STAGE1))
+            kept_rows.clear()
+        if rejects and (force or len(rejects) >= 500):
+            rej_w.write_table(pa.Table.from_pylist(rejects, REJECT_SCHEMA))
+            rejects.clear()
+
+    for batch in pq.ParquetFile(src).iter_batches(batch_size=64):
+        for row in batch.to_pylist():
+            n_in += 1
+            bytes_in += row["n_chars"]
+            domain = tag_domain(row["text"][:20_000], row["source"])
+            doc = Doc(row["text"], domain)
+            reason = None
+            for f in chain_of[domain]:
+                r = f(doc)
+                if r:
+                    reason = f"{f.name}:{r}"
+                    break
+            if reason is None and not doc.text.strip():
+                reason = "c4:empty_after_cleaning"
+            if reason:
+                drops[reason] += 1
+                rejects.append({"source": row["source"], "locator": row["locator"], "reason": reason,
+                                "detail": f"id {row['id']}, domain {domain}", "raw": row["text"]})
+            else:
+                domains[domain] += 1
+                kept_rows.append({**row, "text": doc.text, "n_chars": len(doc.text), "domain": domain,
+                                  "exact_key": f"{exact_key(doc.text):016x}",
+                                  "bands": hasher.band_keys(doc.text).tolist() if hasher else []})
+            flush()
+    flush(force=True)
+    kept_w.close()
+    rej_w.close()
+    return {"part": part, "docs_in": n_in, "bytes_in": bytes_in, "drops": dict(drops), "domains": dict(domains)}
+
+
+def dedup_shard(part: int, out_dir: str, drop_rows: dict[int, tuple[str, str]]) -> dict[str, Any]:
+    """Pass 2 on one filtered shard: drop the rows the driver marked, write the final shard."""
+    out = Path(out_dir)
+    table = pq.read_table(out / f"stage1-{part:05d}.parquet")
+    keep = np.ones(table.num_rows, bool)
+    rejects = []
+    if drop_rows:
+        rows = table.select(["id", "source", "locator", "text"]).to_pylist()
+        for r, (kept_id, why) in drop_rows.items():
+            keep[r] = False
+            x = rows[r]
+            rejects.append({"source": x["source"], "locator": x["locator"], "reason": f"dedup:{why}",
+                            "detail": f"id {x['id']} duplicates kept id {kept_id}", "raw": x["text"]})
+    final = table.filter(pa.array(keep)).drop_columns(["bands"])
+    (out / "data").mkdir(exist_ok=True)
+    pq.write_table(final.cast(CURATED_SCHEMA), out / "data" / f"part-{part:05d}.parquet", compression="zstd")
+    if rejects:
+        pq.write_table(pa.Table.from_pylist(rejects, REJECT_SCHEMA),
+                       out / f"rejects-dedup-{part:05d}.parquet", compression="zstd")
+    os.remove(out / f"stage1-{part:05d}.parquet")
+    return {"part": part, "docs_out": int(keep.sum()),
+            "domains": dict(Counter(final.column("domain").to_pylist()))}
+
+
+def _client(cfg):
+    from dask.distributed import Client, LocalCluster
+
+    if cfg.dask_address:
+        return Client(cfg.dask_address), None
+    workers = cfg.dask_workers or os.cpu_count() or 1
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                           dashboard_address=None, silence_logs=40)
+    return Client(cluster), cluster
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    cfg = ctx.cfg
+    src = ctx.inputs["ingest"]
+    shards = [src.path(f) for f in src.files("data/") if f.endswith(".parquet")]
+    out = ctx.workdir
+    t0 = time.perf_counter()
+    from dask.distributed import as_completed
+
+    client, cluster = _client(cfg)
+    try:
+        with ctx.progress(len(shards), "curate: filter", "shard") as bar:
+            futures = [client.submit(filter_shard, str(p), str(out), i, cfg, pure=False)
+                       for i, p in enumerate(shards)]
+            stats = []
+            for fut in as_completed(futures):
+                stats.append(fut.result())
+                bar.update(1)
+        t_filter = time.perf_counter() - t0
+        # pass 2: clusters across the whole corpus (only ids and keys come to the driver)
+        keys = [pq.read_table(out / f"stage1-{i:05d}.parquet", columns=["id", "exact_key", "bands"])
+                for i in range(len(shards))]
+        part_of = np.concatenate([np.full(k.num_rows, i) for i, k in enumerate(keys)]) if keys else np.zeros(0, int)
+        row_of = np.concatenate([np.arange(k.num_rows) for k in keys]) if keys else np.zeros(0, int)
+        ids = [x for k in keys for x in k.column("id").to_pylist()]
+        exact = np.array([int(x, 16) for k in keys for x in k.column("exact_key").to_pylist()], np.uint64) \
+            if cfg.dedup_exact else np.arange(len(ids), dtype=np.uint64)
+        bands = None
+        if cfg.dedup_fuzzy and ids:
+            bands = np.array([b for k in keys for b in k.column("bands").to_pylist()], np.uint64)
+        dups = clusters(ids, exact, bands) if ids else {}
+        per_part: dict[int, dict[int, tuple[str, str]]] = {i: {} for i in range(len(shards))}
+        why = Counter()
+        for r, (keep, reason) in dups.items():
+            per_part[int(part_of[r])][int(row_of[r])] = (ids[keep], reason)
+            why[reason] += 1
+        with ctx.progress(len(shards), "curate: dedup", "shard") as bar:
+            futures = [client.submit(dedup_shard, i, str(out), per_part[i], pure=False) for i in range(len(shards))]
+            finals = []
+            for fut in as_completed(futures):
+                finals.append(fut.result())
+                bar.update(1)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    _gather_rejects(out)
+    docs_in = sum(s["docs_in"] for s in stats)
+    drops = Counter()
+    for s in stats:
+        drops.update(s["drops"])
+    docs_out = sum(f["docs_out"] for f in finals)
+    domains = Counter()
+    for f in finals:
+        domains.update(f["domains"])
+    by_filter = Counter()
+    for reason, n in drops.items():
+        by_filter[reason.split(":")[0]] += n
+    metrics = {
+        "docs_in": docs_in, "docs_out": docs_out, "bytes_in": sum(s["bytes_in"] for s in stats),
+        "drop_fraction": 1 - docs_out / docs_in if docs_in else 1.0,
+        "dropped_by_filter": dict(sorted(by_filter.items())), "dropped_by_reason": dict(sorted(drops.items())),
+        "exact_duplicates": why.get("exact_duplicate", 0), "near_duplicates": why.get("near_duplicate", 0),
+        "domains": dict(sorted(domains.items())), "shards": len(shards),
+        "filter_seconds": round(t_filter, 2), "seconds": round(time.perf_counter() - t0, 2),
+        "workers": cfg.dask_workers or os.cpu_count(), "dask": cfg.dask_address or "LocalCluster",
+    }
+    (out / "stats.json").write_text(json.dumps(metrics, indent=2))
+    if docs_in == 0:
+        raise K2Error("curate: the ingest artifact holds no documents")
+    return metrics
+
+
+def _gather_rejects(out: Path) -> None:
+    """Move the per-shard reject files under rejects/ (kept even when empty: counts are zero)."""
+    (out / "rejects").mkdir(exist_ok=True)
+    for f in sorted(out.glob("rejects-*.parquet")):
+        f.rename(out / "rejects" / f.name)
