@@ -1,6 +1,6 @@
 """Curation filters and fuzzy dedup: k2 side by side with datatrove 0.10 on one core each.
 
-    .venv/bin/python bench/curation.py [--max-mb 30] [--near-dups 500] [--workers 1,2]
+    .venv/bin/python bench/curation.py [--max-mb 30] [--near-dups 500] [--workers 1,2] [--skip-datatrove]
 
 Corpus: the Python standard library (each module whole, plus its docstrings ≥ 200 chars) and
 the text under /usr/share/doc (copyright files, READMEs, changelogs), written to one JSONL file.
@@ -128,11 +128,85 @@ def agreement(ours: list[str | None], theirs: list[str | None]) -> dict:
             "disagreements": dict(classes.most_common())}
 
 
+def bench_dedup(texts: list[str], n_planted: int, seed: int = 0) -> dict:
+    """Plant near-duplicates (Jaccard 0.8–0.98 on word 5-gram shingles) of prose documents and
+    run k2's exact + MinHash-LSH dedup over corpus + copies."""
+    import numpy as np
+
+    from k2core.data.dedup import MinHasher, clusters, exact_key
+
+    mh = MinHasher()
+    rng = random.Random(seed)
+
+    def shingles(t: str) -> set:
+        w = mh.words(t)
+        return set(zip(*[w[i:] for i in range(5)]))
+
+    def jac(a: set, b: set) -> float:
+        return len(a & b) / max(1, len(a | b))
+
+    pool = [t for t in texts if len(mh.words(t)) >= 150]
+    sources = rng.sample(range(len(pool)), min(n_planted, len(pool)))
+    copies = []
+    for i in sources:
+        words = pool[i].split()
+        base, target = shingles(pool[i]), rng.uniform(0.8, 0.98)
+        while True:
+            for _ in range(max(1, len(words) // 200)):
+                words[rng.randrange(len(words))] = rng.choice(["lorem", "quartz", "nimbus", "vesper", "tundra"])
+            if jac(base, shingles(" ".join(words))) < target:
+                break
+        copies.append(" ".join(words))
+    allt = pool + copies
+    ids = [f"{i:07d}" for i in range(len(allt))]
+    t = time.perf_counter()
+    exact = np.array([exact_key(x) for x in allt], np.uint64)
+    bands = np.stack([mh.band_keys(x) for x in allt])
+    drop = clusters(ids, exact, bands)
+    secs = time.perf_counter() - t
+    planted_found = sum(1 for k in range(len(copies)) if len(pool) + k in drop or sources[k] in drop)
+    false_pos = 0
+    for r, (keep, _) in drop.items():
+        if r >= len(pool) and sources[r - len(pool)] == keep:
+            continue
+        if jac(shingles(allt[r]), shingles(allt[keep])) < 0.5:
+            false_pos += 1      # removed, but not even half-similar to what it was merged with
+    return {"bench": "dedup", "docs": len(allt), "planted": len(copies),
+            "recall": round(planted_found / max(1, len(copies)), 4),
+            "removed": len(drop), "removed_pre_existing": len(drop) - planted_found,
+            "false_positive_rate": round(false_pos / len(allt), 5), "seconds": round(secs, 2),
+            "docs_per_s": round(len(allt) / secs, 1)}
+
+
+def bench_dask(docs: list[dict], workers: list[int], tmp: Path) -> list[dict]:
+    """The whole curate stage on the corpus with 1, 2, … Dask workers (LocalCluster)."""
+    from k2core.config import load_config
+    from k2core.stage import execute, plan
+    from k2core.store import open_store
+
+    src = tmp / "corpus.jsonl"
+    with open(src, "w") as f:
+        for d in docs:
+            f.write(json.dumps(d) + "\n")
+    rows = []
+    for w in workers:
+        cfg = load_config(overrides=[f"ingest.source={src}", "ingest.shard_docs=25",
+                                     f"curate.dask_workers={w}", "curate.max_drop_fraction=1.0"])
+        store = open_store(str(tmp / "store"))
+        outs = [execute(p, cfg, store, log=lambda m: None) for p in plan(cfg, store, ["ingest", "curate"])]
+        m = store.artifact("curate", outs[-1].version).metrics
+        rows.append({"bench": "curate_stage", "workers": w, "shards": m["shards"], "docs_in": m["docs_in"],
+                     "docs_out": m["docs_out"], "filter_seconds": m["filter_seconds"], "seconds": m["seconds"]})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--max-mb", type=float, default=30)
     ap.add_argument("--near-dups", type=int, default=500)
     ap.add_argument("--skip-datatrove", action="store_true")
+    ap.add_argument("--workers", default="1,2", help="Dask worker counts for the whole-stage run ('' = skip)")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     docs = build_corpus(int(args.max_mb * 1e6))
@@ -158,7 +232,17 @@ def main() -> None:
             print(json.dumps({"bench": "filter_agreement", "filter": name, **agreement(a, b)}), flush=True)
         print(f"\nfilter chain: k2 {rows[0]['mb_per_s']} MB/s vs datatrove {rows[1]['mb_per_s']} MB/s "
               f"= {t_dt / t_k2:.1f}x on one core")
+    if args.near_dups:
+        print(json.dumps(bench_dedup(texts, args.near_dups)), flush=True)
+    if args.workers:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            d = bench_dask(docs, [int(w) for w in args.workers.split(",")], Path(tmp))
+        if len(d) > 1:
+            print(f"curate stage: {d[0]['workers']} worker(s) {d[0]['filter_seconds']} s, {d[-1]['workers']} "
+                  f"workers {d[-1]['filter_seconds']} s = {d[0]['filter_seconds'] / d[-1]['filter_seconds']:.2f}x")
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":     # the Dask LocalCluster spawns processes: the guard is required
     main()

@@ -35,7 +35,7 @@ def test_pipeline_runs_stages_as_nested_flows_then_hits_cache(setup):
     from flows.pipeline import k2_pipeline
 
     cfg, store = setup
-    state = k2_pipeline(config=cfg, stages="ingest..toy_wc", run_id="r1", return_state=True)
+    state = k2_pipeline(config=cfg, stages="ingest,toy_wc", run_id="r1", return_state=True)
     assert state.is_completed(), state.message
     rec = load_run(store, "r1")
     assert rec.status == "completed" and [s.status for s in rec.stages] == ["computed", "computed"]
@@ -49,7 +49,7 @@ def test_pipeline_runs_stages_as_nested_flows_then_hits_cache(setup):
     assert _artifacts("k2-toy-wc-gate")
     progress = _artifacts("k2-ingest-progress")  # the live progress artifact, closed at 100%
     assert progress and progress[0].type == "progress" and float(progress[0].data) == 100.0
-    state = k2_pipeline(config=cfg, stages="ingest..toy_wc", run_id="r2", return_state=True)
+    state = k2_pipeline(config=cfg, stages="ingest,toy_wc", run_id="r2", return_state=True)
     assert [s.status for s in load_run(store, "r2").stages] == ["cache_hit", "cache_hit"]
 
 
@@ -57,7 +57,7 @@ def test_failed_gate_stops_the_run_and_skips_downstream(setup):
     from flows.pipeline import k2_pipeline
 
     cfg, store = setup
-    state = k2_pipeline(config=cfg, stages="ingest..toy_after", run_id="r3", return_state=True)
+    state = k2_pipeline(config=cfg, stages="ingest,toy_wc,toy_strict,toy_after", run_id="r3", return_state=True)
     assert state.is_failed() and "gate 'toy' failed: metric:rows: observed 12" in state.message
     rec = load_run(store, "r3")
     assert [s.status for s in rec.stages] == ["computed", "computed", "gate_failed", "skipped"]
@@ -72,7 +72,7 @@ def test_rerun_pins_upstream_versions(setup):
     from flows.pipeline import k2_pipeline
 
     cfg, store = setup
-    k2_pipeline(config=cfg, stages="ingest..toy_wc", run_id="r4")
+    k2_pipeline(config=cfg, stages="ingest,toy_wc", run_id="r4")
     ingest_v = load_run(store, "r4").stage("ingest").version
     changed = cfg.model_copy(update={"ingest": cfg.ingest.model_copy(update={"max_docs": 3})})
     state = k2_pipeline(config=changed, stages="toy_wc", run_id="r5", pinned={"ingest": ingest_v},
