@@ -53,28 +53,21 @@ def _split_chunk(chunk: str, out: list[str]) -> None:
         out.extend(special)
         return
     suffixes: list[str] = []
-    while chunk:
+    while chunk:                       # peel one prefix, else one suffix, until neither matches
         m = _PREFIX.match(chunk)
-        if m and m.end() < len(chunk) or (m and not _SUFFIX.search(chunk)):
+        if m and (m.end() < len(chunk) or not _SUFFIX.search(chunk)):
             out.append(m.group())
             chunk = chunk[m.end():]
-            special = _special(chunk)
-            if special:
-                out.extend(special)
-                chunk = ""
+        else:
+            m = _SUFFIX.search(chunk)
+            if not (m and m.start() > 0):
                 break
-            continue
-        m = _SUFFIX.search(chunk)
-        if m and m.start() > 0:
             suffixes.append(m.group())
             chunk = chunk[: m.start()]
-            special = _special(chunk)
-            if special:
-                out.extend(special)
-                chunk = ""
-                break
-            continue
-        break
+        special = _special(chunk)
+        if special:
+            out.extend(special)
+            chunk = ""
     if chunk and _URL.match(chunk):     # URLs are matched after the affixes are peeled, as in spaCy
         out.append(chunk)
         chunk = ""
