@@ -47,7 +47,7 @@ sysdeps:
 demo: $(STAMP)
 	$(BIN)/k2 run --profile tiny
 	@echo
-	@echo "Results are in ./k2-store (artifacts/, runs/). Try:  $(BIN)/k2 runs  |  $(BIN)/k2 show ingest  |  $(BIN)/k2 lineage ingest"
+	@echo "Results are in ./k2-store (artifacts/, runs/). Try:  $(BIN)/k2 runs  |  $(BIN)/k2 show curate  |  $(BIN)/k2 lineage curate"
 
 # The full suite, slow tests and the vLLM parity test included (K2_REQUIRE_VLLM: fail, never skip).
 test: $(STAMP) $(VLLM_STAMP) sysdeps
