@@ -207,6 +207,8 @@ def main() -> None:
     ap.add_argument("--near-dups", type=int, default=500)
     ap.add_argument("--skip-datatrove", action="store_true")
     ap.add_argument("--repeat", type=int, default=3, help="k2 chain repeats (median reported)")
+    ap.add_argument("--no-per-filter", dest="per_filter", action="store_false",
+                    help="skip each filter's separate agreement pass (3 more datatrove passes)")
     ap.add_argument("--workers", default="1,2", help="Dask worker counts for the whole-stage run ('' = skip)")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -237,7 +239,7 @@ def main() -> None:
                      "docs_per_s": round(len(texts) / t_dt, 1), "mb_per_s": round(mb / t_dt, 3)})
         print(json.dumps(rows[-1]), flush=True)
         print(json.dumps({"bench": "chain_agreement", **agreement(ours, theirs)}), flush=True)
-        for i, name in enumerate(["gopher_repetition", "gopher_quality", "c4"]):
+        for i, name in enumerate(["gopher_repetition", "gopher_quality", "c4"] if args.per_filter else []):
             a = run_k2([k2_chain()[i]], texts)
             b = run_dt([dt_chain()[i]], texts, names=(name,))
             print(json.dumps({"bench": "filter_agreement", "filter": name, **agreement(a, b)}), flush=True)

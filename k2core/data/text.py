@@ -46,6 +46,13 @@ def _special(chunk: str) -> list[str] | None:
     return None
 
 
+def _has_suffix(chunk: str):
+    last = chunk[-1]
+    if last.isalnum() and not (last in "sS" and chunk[-2:-1] in ("'", "’")):
+        return None
+    return _SUFFIX.search(chunk)
+
+
 def _split_chunk(chunk: str, out: list[str]) -> None:
     begin = len(out)
     special = _special(chunk)
@@ -54,12 +61,14 @@ def _split_chunk(chunk: str, out: list[str]) -> None:
         return
     suffixes: list[str] = []
     while chunk:                       # peel one prefix, else one suffix, until neither matches
-        m = _PREFIX.match(chunk)
-        if m and (m.end() < len(chunk) or not _SUFFIX.search(chunk)):
+        # every prefix starts with, and every suffix ends with, a non-alphanumeric character except
+        # "'s": test one character before running a regex over the chunk
+        m = None if chunk[0].isalnum() else _PREFIX.match(chunk)
+        if m and (m.end() < len(chunk) or not _has_suffix(chunk)):
             out.append(m.group())
             chunk = chunk[m.end():]
         else:
-            m = _SUFFIX.search(chunk)
+            m = _has_suffix(chunk)
             if not (m and m.start() > 0):
                 break
             suffixes.append(m.group())
@@ -68,7 +77,7 @@ def _split_chunk(chunk: str, out: list[str]) -> None:
         if special:
             out.extend(special)
             chunk = ""
-    if chunk and _URL.match(chunk):     # URLs are matched after the affixes are peeled, as in spaCy
+    if chunk and ("://" in chunk or "www." in chunk or "@" in chunk) and _URL.match(chunk):     # URLs are matched after the affixes are peeled, as in spaCy
         out.append(chunk)
         chunk = ""
     if chunk:
@@ -95,8 +104,8 @@ _CHUNKS_MAX = 1 << 20
 
 
 def _tokens(chunk: str) -> tuple[str, ...]:
-    if chunk.isalpha() and chunk not in ("cannot", "Cannot"):
-        return (chunk,)
+    if chunk.isalnum() and chunk not in ("cannot", "Cannot") and not _WHOLE.match(chunk):
+        return (chunk,)          # letters and digits only: no affix, infix or special applies
     buf: list[str] = []
     _split_chunk(chunk, buf)
     return tuple(buf)
