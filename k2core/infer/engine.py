@@ -8,6 +8,7 @@ instead of hundreds. Sampling: greedy, temperature, top-k, top-p, seeded; stop t
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,11 +118,12 @@ class Engine:
             gen.manual_seed(params.seed)
         out: list[Generation] = []
         chunks = range(0, len(prompts), self.max_batch)
-        with Progress(len(prompts), "generate", unit="prompt", hooks=()) as bar:
+        with (Progress(len(prompts), "generate", unit="prompt") if progress else contextlib.nullcontext()) as bar:
             for start in chunks:
                 batch = prompts[start:start + self.max_batch]
                 out.extend(self._generate_batch(batch, params, gen, on_token))
-                bar.update(len(batch))
+                if bar is not None:
+                    bar.update(len(batch))
         return out
 
     @torch.inference_mode()
