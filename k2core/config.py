@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from k2core.data import filters as F   # the filters are their own typed config sections
 
 
 class ConfigError(ValueError):
@@ -49,27 +51,21 @@ class IngestConfig(Section):
                                        description="gate: largest tolerated fraction of rejected records")
 
 
-def _filters():
-    from k2core.data import filters   # numpy only; pandas loads lazily inside the filters
-
-    return filters
-
-
 class CurateConfig(Section):
     """Ingested documents -> filtered, deduplicated, domain-tagged shards (the `curate` stage).
 
     Each filter's thresholds default to the published values (K2_REFERENCE.md §3) and are set
     with dotted overrides, e.g. ``--set curate.gopher_quality.min_doc_words=30``."""
 
-    length: Any = Field(default_factory=lambda: _filters().LengthFilter())
-    binary: Any = Field(default_factory=lambda: _filters().BinaryFilter())
+    length: F.LengthFilter = Field(default_factory=F.LengthFilter)
+    binary: F.BinaryFilter = Field(default_factory=F.BinaryFilter)
     english_enabled: bool = Field(True, description="apply the English heuristic to prose documents")
-    english: Any = Field(default_factory=lambda: _filters().EnglishFilter())
-    gopher_repetition: Any = Field(default_factory=lambda: _filters().GopherRepetitionFilter())
-    gopher_quality: Any = Field(default_factory=lambda: _filters().GopherQualityFilter())
-    c4: Any = Field(default_factory=lambda: _filters().C4Filter())
-    fineweb: Any = Field(default_factory=lambda: _filters().FineWebFilter())
-    code: Any = Field(default_factory=lambda: _filters().CodeFilter())
+    english: F.EnglishFilter = Field(default_factory=F.EnglishFilter)
+    gopher_repetition: F.GopherRepetitionFilter = Field(default_factory=F.GopherRepetitionFilter)
+    gopher_quality: F.GopherQualityFilter = Field(default_factory=F.GopherQualityFilter)
+    c4: F.C4Filter = Field(default_factory=F.C4Filter)
+    fineweb: F.FineWebFilter = Field(default_factory=F.FineWebFilter)
+    code: F.CodeFilter = Field(default_factory=F.CodeFilter)
     dedup_exact: bool = True
     dedup_fuzzy: bool = True
     minhash_ngram: int = Field(5, ge=1, description="word n-gram shingles")
@@ -81,27 +77,6 @@ class CurateConfig(Section):
     max_drop_fraction: float = Field(0.98, ge=0.0, le=1.0,
                                      description="gate: a filter dropping nearly everything fails the run")
     min_docs_out: int = Field(1, ge=0, description="gate: fewest documents the stage may output")
-
-    @field_validator("length", "binary", "english", "gopher_repetition", "gopher_quality", "c4", "fineweb",
-                     "code", mode="before")
-    @classmethod
-    def _build_filter(cls, v, info):
-        f = _filters()
-        kind = {"length": f.LengthFilter, "binary": f.BinaryFilter, "english": f.EnglishFilter,
-                "gopher_repetition": f.GopherRepetitionFilter, "gopher_quality": f.GopherQualityFilter,
-                "c4": f.C4Filter, "fineweb": f.FineWebFilter, "code": f.CodeFilter}[info.field_name]
-        if isinstance(v, kind):
-            return v
-        if isinstance(v, dict):
-            return kind(**v)
-        raise ValueError(f"expected a mapping of {kind.__name__} thresholds, got {v!r}")
-
-    @field_serializer("length", "binary", "english", "gopher_repetition", "gopher_quality", "c4", "fineweb",
-                      "code")
-    def _dump_filter(self, v):
-        import dataclasses
-
-        return dataclasses.asdict(v)
 
 
 class PipelineConfig(Section):

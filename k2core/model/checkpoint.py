@@ -129,7 +129,8 @@ def load_checkpoint(ckpt_dir: str | Path, device: str | torch.device = "cpu",
     sd = from_hf_state_dict(load_state_dict_files(ckpt), cfg)
     with torch.device("meta"):
         model = K2ForCausalLM(cfg)
-    expected = set(model.state_dict())
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    expected = set(shapes)
     if cfg.tie_word_embeddings:
         expected.discard("lm_head.weight")
     missing, unexpected = expected - set(sd), set(sd) - expected
@@ -137,7 +138,7 @@ def load_checkpoint(ckpt_dir: str | Path, device: str | torch.device = "cpu",
         raise CheckpointError(f"{ckpt}: state dict does not match config.json — missing "
                               f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
     for k, t in sd.items():
-        want = model.state_dict()[k].shape
+        want = shapes[k]
         if t.shape != want:
             raise CheckpointError(f"{ckpt}: {k} has shape {tuple(t.shape)}, config.json implies {tuple(want)}")
     if dtype is not None:
