@@ -79,6 +79,21 @@ class CurateConfig(Section):
     min_docs_out: int = Field(1, ge=0, description="gate: fewest documents the stage may output")
 
 
+class OptimConfig(Section):
+    """MuonClip (K2 §2.1): Muon for hidden matrices, AdamW for embeddings / head / norm gains,
+    QK-Clip on the attention logits. Nested in the training stages' sections."""
+
+    lr: float = Field(2e-4, gt=0, description="peak learning rate, shared by Muon and AdamW (match_rms_adamw)")
+    weight_decay: float = Field(0.1, ge=0, description="decoupled weight decay (K2: 0.1)")
+    momentum: float = Field(0.95, ge=0, lt=1, description="Muon momentum")
+    nesterov: bool = True
+    ns_steps: int = Field(5, ge=1, le=20, description="Newton-Schulz iterations")
+    adamw_betas: tuple[float, float] = (0.9, 0.95)
+    adamw_eps: float = Field(1e-8, gt=0)
+    qk_clip: bool = Field(True, description="rescale q/k rows of heads whose max logit exceeds qk_clip_tau")
+    qk_clip_tau: float = Field(100.0, gt=0, description="QK-Clip threshold tau (K2: 100; its ablation: 30)")
+
+
 class PipelineConfig(Section):
     """The whole pipeline. Later stages add their sections here."""
 
