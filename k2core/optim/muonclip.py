@@ -34,6 +34,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from k2core.optim.kernels import BatchTables, apply_update, fused_ok, momentum_to_bf16
+
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 
 
@@ -105,25 +107,50 @@ def attention_layouts(model: nn.Module) -> list[AttentionLayout]:
 
 
 # ---------------------------------------------------------------------------- Newton-Schulz
-def newton_schulz(G: torch.Tensor, steps: int = 5, coefficients=NS_COEFFICIENTS, eps: float = 1e-7) -> torch.Tensor:
-    """Quintic Newton-Schulz on a batch of matrices ``(..., r, c)`` in bf16 (r ≤ c is fastest;
-    taller matrices are transposed). Each matrix is normalised by its own Frobenius norm."""
+def newton_schulz(G: torch.Tensor, steps: int = 5, coefficients=NS_COEFFICIENTS, eps: float = 1e-7,
+                  dtype: torch.dtype = torch.bfloat16, fold_identity: bool = False,
+                  normalised: bool = False) -> torch.Tensor:
+    """Quintic Newton-Schulz on a batch of matrices ``(..., r, c)`` in `dtype` (bf16 as K2 and
+    torch.optim.Muon; taller matrices are transposed). Each matrix is normalised by its own
+    Frobenius norm.
+
+    Each iteration is ``X ← a·X + (b·A + c·A²)·X`` with ``A = X·Xᵀ``. torch.optim.Muon computes the
+    last product as ``addmm(X, B, X, beta=a)``, which first copies X into the output. With
+    `fold_identity` the same polynomial is computed as ``(B + a·I)·X``: no copy of X (an eighth of
+    the step's time on an H200), and since B is symmetric a tall matrix's last product is taken as
+    ``Xᵀ·(B + a·I)``, which lands in the caller's orientation without a transpose. The two forms
+    differ by bf16 rounding of B's diagonal only. `normalised`
+    says the caller has already divided each matrix by its norm (the fused GPU path)."""
     a, b, c = coefficients
     tall = G.shape[-2] > G.shape[-1]
-    X = G.bfloat16()
-    if tall:
-        X = X.mT
-    squeeze = X.ndim == 2
-    if squeeze:
-        X = X[None]
-    X = X.reshape(-1, *X.shape[-2:])
-    X = X / X.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
-    for _ in range(steps):
+    squeeze = G.ndim == 2
+    X = G.to(dtype)
+    X = X[None] if squeeze else X.reshape(-1, *G.shape[-2:])
+    if normalised:
+        X = X.mT if tall else X
+    elif fold_identity:   # normalise the contiguous batch in place, then view it transposed
+        if X.data_ptr() == G.data_ptr():
+            X = X.clone()
+        X.div_(X.norm(dim=(-2, -1), keepdim=True).clamp(min=eps))
+        X = X.mT if tall else X
+    else:                 # torch.optim.Muon's order: transpose, then normalise
+        X = X.mT if tall else X
+        X = X / X.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
+    for k in range(steps):
         A = torch.bmm(X, X.mT)
         B = torch.baddbmm(A, A, A, beta=b, alpha=c)
-        X = torch.baddbmm(X, B, X, beta=a)
-    X = X.reshape(*G.shape[:-2], *X.shape[-2:]) if not squeeze else X[0]
-    return X.mT if tall else X
+        if fold_identity:
+            B.diagonal(dim1=-2, dim2=-1).add_(a)
+            if tall and k == steps - 1:
+                X = torch.bmm(X.mT, B)          # = ((B + aI)·X)ᵀ, already in G's orientation
+                tall = False
+            else:
+                X = torch.bmm(B, X)
+        else:
+            X = torch.baddbmm(X, B, X, beta=a)
+    if tall:
+        X = X.mT
+    return X[0] if squeeze else X.reshape(G.shape)
 
 
 # ---------------------------------------------------------------------------- telemetry
@@ -179,7 +206,7 @@ class MuonClip(torch.optim.Optimizer):
                  ns_coefficients=NS_COEFFICIENTS, eps: float = 1e-7,
                  adamw_betas: tuple[float, float] = (0.9, 0.95), adamw_eps: float = 1e-8,
                  qk_clip_tau: float | None = 100.0, attention: list[AttentionLayout] | None = None,
-                 process_group: Any = None, reduce_grads: bool = False):
+                 process_group: Any = None, reduce_grads: bool = False, ns_dtype: str = "auto"):
         defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
                         ns_steps=ns_steps, ns_coefficients=tuple(ns_coefficients), eps=eps,
                         betas=tuple(adamw_betas), adamw_eps=adamw_eps, kind="muon")
@@ -192,10 +219,14 @@ class MuonClip(torch.optim.Optimizer):
         if qk_clip_tau is not None and qk_clip_tau <= 0:
             raise MuonClipError(f"qk_clip_tau = {qk_clip_tau}: must be > 0 (or None to turn QK-Clip off)")
         self.qk_clip_tau = qk_clip_tau
+        if ns_dtype not in ("auto", "bf16", "fp32"):
+            raise MuonClipError(f"ns_dtype = {ns_dtype!r}: expected 'auto', 'bf16' or 'fp32'")
+        self.ns_dtype = ns_dtype
         self.attention = list(attention or [])
         self.process_group = process_group
         self.reduce_grads = reduce_grads
         self._observed: torch.Tensor | None = None
+        self._tables: dict[tuple, BatchTables] = {}
         self.last_stats = StepStats()
         self._plan_shards()
 
@@ -207,7 +238,7 @@ class MuonClip(torch.optim.Optimizer):
         if cfg is not None:
             kw = dict(lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum, nesterov=cfg.nesterov,
                       ns_steps=cfg.ns_steps, adamw_betas=tuple(cfg.adamw_betas), adamw_eps=cfg.adamw_eps,
-                      qk_clip_tau=cfg.qk_clip_tau if cfg.qk_clip else None) | kw
+                      qk_clip_tau=cfg.qk_clip_tau if cfg.qk_clip else None, ns_dtype=cfg.ns_dtype) | kw
         groups = []
         for kind in ("muon", "adamw"):
             rs = [r for r in routes if r.kind == kind]
@@ -284,34 +315,75 @@ class MuonClip(torch.optim.Optimizer):
         return stats
 
     def _muon(self, g: dict, params: list[torch.Tensor]) -> None:
-        mu, lr, wd = g["momentum"], g["lr"], g["weight_decay"]
-        grads, bufs = [], []
+        mu, lr, wd, nesterov = g["momentum"], g["lr"], g["weight_decay"], g["nesterov"]
         for p in params:
             st = self.state[p]
             if "momentum_buffer" not in st:
                 st["momentum_buffer"] = torch.zeros_like(p.grad, memory_format=torch.preserve_format)
-            grads.append(p.grad)
-            bufs.append(st["momentum_buffer"])
-        torch._foreach_lerp_(bufs, grads, 1 - mu)
-        updates = torch._foreach_lerp(grads, bufs, mu) if g["nesterov"] else bufs
         # one batch per matrix shape and device: all experts of all layers, each projection kind.
         # Tall matrices stay tall here and are transposed as views inside newton_schulz, exactly as
         # torch.optim.Muon does, so the bf16 matmuls see the same layouts and round the same way.
-        batches: dict[tuple, list[int]] = defaultdict(list)
-        for i, p in enumerate(params):
-            batches[(*p.shape[-2:], p.device)].append(i)
-        for (r, c, _), idx in batches.items():
-            X = torch.cat([updates[i].reshape(-1, r, c).bfloat16() for i in idx]) if len(idx) > 1 else \
-                updates[idx[0]].reshape(-1, r, c)
-            O = newton_schulz(X, g["ns_steps"], g["ns_coefficients"], g["eps"])
-            ps, outs, off = [params[i] for i in idx], [], 0
-            for p in ps:
-                n = p.numel() // (r * c)
-                outs.append(O[off:off + n].reshape(p.shape))
-                off += n
-            if wd:
-                torch._foreach_mul_(ps, 1 - lr * wd)
-            torch._foreach_add_(ps, outs, alpha=-lr * 0.2 * math.sqrt(max(r, c)))
+        batches: dict[tuple, list[torch.Tensor]] = defaultdict(list)
+        for p in params:
+            batches[(*p.shape[-2:], p.device)].append(p)
+        # largest batches first: the GPU works on the experts while the CPU queues the rest
+        order = sorted(batches.items(), key=lambda kv: -sum(p.numel() for p in kv[1]))
+        ptrs = self._pointer_tables(order)
+        for (r, c, dev), ps in order:
+            dt = self._ns_dtype(dev)
+            bufs = [self.state[p]["momentum_buffer"] for p in ps]
+            sizes = [p.numel() // (r * c) for p in ps]
+            fused = id(ps) in ptrs
+            if fused:      # one Triton launch: momenta in place, Nesterov updates into the batch
+                tables = self._tables.get(tuple(id(p) for p in ps))
+                if tables is None:
+                    tables = self._tables[tuple(id(p) for p in ps)] = BatchTables(sizes, dev)
+                g_ptr, m_ptr, w_ptr = ptrs[id(ps)]
+                X = torch.empty(sum(sizes), r, c, device=dev, dtype=dt)
+                momentum_to_bf16(tables, g_ptr, m_ptr, X, mu, nesterov, g["eps"])
+            else:          # torch.optim.Muon's ops, one foreach call per batch
+                grads = [p.grad for p in ps]
+                torch._foreach_lerp_(bufs, grads, 1 - mu)
+                updates = torch._foreach_lerp(grads, bufs, mu) if nesterov else bufs
+                X = torch.cat([u.reshape(-1, r, c).to(dt) for u in updates]) if len(ps) > 1 else \
+                    updates[0].reshape(-1, r, c)
+            O = newton_schulz(X, g["ns_steps"], g["ns_coefficients"], g["eps"], dtype=dt, fold_identity=fused,
+                              normalised=fused)
+            scale = 0.2 * math.sqrt(max(r, c))
+            if fused:
+                apply_update(tables, w_ptr, O, 1 - lr * wd, -lr * scale)
+            else:
+                outs = [o.reshape(p.shape) for p, o in zip(ps, O.split(sizes))]
+                if wd:
+                    torch._foreach_mul_(ps, 1 - lr * wd)
+                torch._foreach_add_(ps, outs, alpha=-lr * scale)
+
+    def _pointer_tables(self, order) -> dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Device tables of (grad, momentum, weight) addresses for every batch the Triton kernels
+        take, built in one pinned host buffer and sent with one asynchronous copy per device (a
+        pageable copy would wait for the GPU to drain before every batch)."""
+        spans: dict[torch.device, list] = defaultdict(list)
+        for (_, _, dev), ps in order:
+            bufs = [self.state[p]["momentum_buffer"] for p in ps]
+            if self._ns_dtype(dev) == torch.bfloat16 and fused_ok(*ps, *bufs, *(p.grad for p in ps)):
+                spans[dev].append((ps, bufs))
+        out = {}
+        for dev, items in spans.items():
+            flat = [t.data_ptr() for ps, bufs in items for t in (*(p.grad for p in ps), *bufs, *ps)]
+            table = torch.tensor(flat, dtype=torch.int64).pin_memory().to(dev, non_blocking=True)
+            off = 0
+            for ps, _ in items:
+                n = len(ps)
+                out[id(ps)] = (table[off:off + n], table[off + n:off + 2 * n], table[off + 2 * n:off + 3 * n])
+                off += 3 * n
+        return out
+
+    def _ns_dtype(self, dev: torch.device) -> torch.dtype:
+        """bf16 (K2, torch.optim.Muon) on accelerators; "auto" uses fp32 on CPUs, where bf16 matmuls
+        are emulated unless the CPU has AMX / AVX512-BF16 (25x slower than fp32 on our CI machine)."""
+        if self.ns_dtype == "bf16" or (self.ns_dtype == "auto" and dev.type != "cpu"):
+            return torch.bfloat16
+        return torch.float32
 
     def _adamw(self, g: dict, params: list[torch.Tensor]) -> None:
         from torch.optim.adamw import adamw

@@ -54,6 +54,18 @@ def test_routing_table_tied_embeddings_once():
 
 
 # ---------------------------------------------------------------------------- exactness
+def test_cpu_defaults_to_fp32_newton_schulz_and_bf16_stays_available():
+    model = small_model()
+    assert MuonClip.for_model(model)._ns_dtype(torch.device("cpu")) == torch.float32
+    assert MuonClip.for_model(model, ns_dtype="bf16")._ns_dtype(torch.device("cpu")) == torch.bfloat16
+    assert MuonClip.for_model(model)._ns_dtype(torch.device("cuda")) == torch.bfloat16
+    with pytest.raises(MuonClipError, match="ns_dtype = 'fp16'"):
+        MuonClip.for_model(model, ns_dtype="fp16")
+    # fp32 and bf16 iterations agree to bf16 precision
+    G = torch.randn(4, 32, 64, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(newton_schulz(G, dtype=torch.float32), newton_schulz(G).float(), atol=0.03, rtol=0)
+
+
 def test_batched_newton_schulz_equals_torch_per_matrix():
     g = torch.Generator().manual_seed(0)
     for shape in [(6, 64, 128), (6, 128, 64), (3, 96, 96)]:
@@ -64,11 +76,26 @@ def test_batched_newton_schulz_equals_torch_per_matrix():
         assert torch.equal(ours, ref), shape
 
 
+@pytest.mark.parametrize("shape", [(5, 48, 80), (5, 80, 48), (64, 64), (96, 40)])
+def test_folded_identity_form_equals_the_addmm_form(shape):
+    """(B + aI)·X — the GPU path's form, without addmm's copy — is the same polynomial."""
+    G = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+    for dt, tol in ((torch.float32, 1e-5), (torch.bfloat16, 0.05)):
+        ref = newton_schulz(G, dtype=dt)
+        out = newton_schulz(G, dtype=dt, fold_identity=True)
+        assert out.shape == G.shape and out.dtype == dt
+        X = G.to(dt)
+        keep = X.clone()
+        newton_schulz(X, dtype=dt, fold_identity=True)
+        assert torch.equal(X, keep)                    # the input is not normalised in place
+        torch.testing.assert_close(out.float(), ref.float(), atol=tol, rtol=0)
+
+
 def test_muon_part_equals_torch_muon_over_10_steps():
     """QK-Clip off: the Muon groups' updates equal torch.optim.Muon(match_rms_adamw), expert stacks
     compared matrix by matrix."""
     model = small_model()
-    opt = MuonClip.for_model(model, lr=0.01, weight_decay=0.1, qk_clip_tau=None)
+    opt = MuonClip.for_model(model, lr=0.01, weight_decay=0.1, qk_clip_tau=None, ns_dtype="bf16")
     muon = [r.param for r in opt.routes if r.kind == "muon"]
     refs = []
     for p in muon:
