@@ -94,7 +94,7 @@ def bench_train(args, dev, peak) -> list[dict]:
             k2mod.ATTN_BACKEND = "flash" if "flash" in impl else "cudnn"
             fwd = torch.compile(model) if "compile" in impl else model
             want = "maxlogit" in impl
-            step_fwd = lambda: fwd(ids[:, :-1], labels=ids[:, 1:], want_max_logits=want).loss  # noqa: E731
+            step_fwd = lambda: fwd(ids[:, :-1], labels=ids[:, :-1], want_max_logits=want).loss  # noqa: E731
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=dev.type == "cuda")
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats()

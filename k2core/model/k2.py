@@ -424,7 +424,8 @@ class K2ForCausalLM(nn.Module):
         logits = self.lm_head(x)
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+            # as transformers' causal LMs: position t predicts labels[t + 1] (pass labels=input_ids)
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
             if aux_total is not None:
                 loss = loss + aux_total
         return K2Output(logits, loss, aux_total, torch.stack(max_logits) if max_logits else None)

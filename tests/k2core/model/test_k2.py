@@ -40,12 +40,14 @@ def test_yarn_changes_the_model():
     assert (plain - yarn).abs().max().item() > 1e-3
 
 
-def test_loss_is_next_token_cross_entropy():
+def test_loss_is_next_token_cross_entropy(tmp_path):
     model = random_model(small_config())
     ids = torch.randint(0, 4096, (2, 16), generator=torch.Generator().manual_seed(0))
     out = model(ids, labels=ids)
-    expected = torch.nn.functional.cross_entropy(out.logits.flatten(0, 1), ids.flatten())
+    expected = torch.nn.functional.cross_entropy(out.logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
     assert torch.allclose(out.loss, expected)
+    hf = hf_model(save_checkpoint(model, tmp_path / "ckpt"))   # transformers' convention: labels=input_ids
+    assert torch.allclose(hf(ids, labels=ids).loss, out.loss, atol=1e-5)
 
 
 def naive_max_logits(model: K2ForCausalLM, ids: torch.Tensor) -> torch.Tensor:
@@ -134,7 +136,7 @@ def test_sequence_balance_loss_is_added_and_trains_the_router():
     model = random_model(small_config(seq_aux_loss_alpha=1e-2)).train()
     ids = torch.randint(0, 4096, (2, 16), generator=torch.Generator().manual_seed(0))
     out = model(ids, labels=ids)
-    ce = torch.nn.functional.cross_entropy(out.logits.flatten(0, 1), ids.flatten())
+    ce = torch.nn.functional.cross_entropy(out.logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
     assert out.aux_loss is not None and out.aux_loss.item() > 0
     assert torch.allclose(out.loss, ce + out.aux_loss)
     out.aux_loss.backward()
