@@ -298,6 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_model(sub)
 
+    from flows.cli_experiment import register as register_experiment
+
+    register_experiment(sub)
+
     sp = sub.add_parser("config", help="print the resolved config")
     common(sp, cfg_opts=True)
     sp.add_argument("--source", help=argparse.SUPPRESS)
@@ -312,13 +316,14 @@ def main(argv: list[str] | None = None) -> int:
     from k2core.sandbox import SandboxError
     from k2core.store import StoreError
     from k2core.model.checkpoint import CheckpointError
+    from k2core.experiments.qk_clip import ExperimentError
 
     try:
         return args.func(args)
     except ConfigError as e:
         print(f"k2: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except (K2Error, StoreError, SandboxError, CheckpointError) as e:
+    except (K2Error, StoreError, SandboxError, CheckpointError, ExperimentError) as e:
         print(f"k2: error: {e}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

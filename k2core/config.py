@@ -88,10 +88,34 @@ class OptimConfig(Section):
     momentum: float = Field(0.95, ge=0, lt=1, description="Muon momentum")
     nesterov: bool = True
     ns_steps: int = Field(5, ge=1, le=20, description="Newton-Schulz iterations")
+    ns_dtype: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="Newton-Schulz precision; auto = bf16 on GPUs, fp32 on CPUs (bf16 is emulated there)")
     adamw_betas: tuple[float, float] = (0.9, 0.95)
     adamw_eps: float = Field(1e-8, gt=0)
     qk_clip: bool = Field(True, description="rescale q/k rows of heads whose max logit exceeds qk_clip_tau")
     qk_clip_tau: float = Field(100.0, gt=0, description="QK-Clip threshold tau (K2: 100; its ablation: 30)")
+
+
+class QKClipExperimentConfig(Section):
+    """`k2 experiment qk-clip`: the same small MLA model trained twice on the same byte-level text,
+    with plain Muon and with MuonClip, at a learning rate high enough for attention logits to grow."""
+
+    preset: str = Field("tiny", description="model preset (k2core.model.config.PRESETS)")
+    model: dict[str, Any] = Field(default_factory=lambda: {"vocab_size": 256},
+                                  description="ModelConfig overrides (vocab 256: byte tokens)")
+    steps: int = Field(300, ge=1)
+    batch: int = Field(16, ge=1)
+    seq: int = Field(128, ge=8)
+    lr: float = Field(0.02, gt=0, description="deliberately aggressive")
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float | None = Field(1.0, gt=0, description="global gradient-norm clip (both arms)")
+    tau: float = Field(30.0, gt=0, description="QK-Clip threshold of the MuonClip arm")
+    seed: int = 0
+    device: str = Field("auto", description="auto | cpu | cuda")
+    data: str = Field("stdlib", description="stdlib (this Python's library sources) or a text file / directory")
+    max_data_mb: float = Field(64.0, gt=0)
+    eval_every: int = Field(50, ge=1, description="held-out loss every N steps")
+    max_minutes: float | None = Field(None, gt=0, description="stop both arms at the same step after this long")
 
 
 class PipelineConfig(Section):

@@ -275,6 +275,8 @@ DENSE_DECODE_TOKENS = 64   # CUDA inference with at most this many tokens takes 
 
 def _gmm(x: torch.Tensor, w_EOI: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
     """x[rows of expert e] @ w[e]ᵀ for every e in one grouped GEMM."""
+    if x.is_cuda and torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda") == torch.bfloat16:
+        x = x.bfloat16()      # autocast does not cover the grouped GEMM: fp32 master weights, bf16 math
     if x.is_cuda and x.dtype != torch.bfloat16:
         # CUDA's grouped GEMM is bf16-only: fp32 on a GPU (tests, debugging) loops over experts
         out, start = x.new_empty(x.shape[0], w_EOI.shape[1]), 0

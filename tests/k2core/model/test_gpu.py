@@ -87,3 +87,23 @@ def test_bf16_training_step_runs_and_learns():
         opt.zero_grad()
         losses.append(out.loss.item())
     assert losses[-1] < losses[0] - 1.0 and out.max_logits.isfinite().all()
+
+
+def test_fp32_master_weights_under_autocast_use_the_grouped_gemm():
+    """Training keeps fp32 weights and autocasts to bf16: the experts must not fall back to the
+    per-expert fp32 loop (which syncs on every layer)."""
+    import k2core.model.k2 as k2mod
+
+    model = random_model(small_config()).cuda().train()
+    ids = torch.randint(0, 4096, (2, 64), device="cuda", generator=torch.Generator(device="cuda").manual_seed(0))
+    calls = []
+    real = torch._grouped_mm
+    k2mod.torch._grouped_mm = lambda *a, **kw: calls.append(a[0].dtype) or real(*a, **kw)
+    try:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(ids, labels=ids).loss
+    finally:
+        k2mod.torch._grouped_mm = real
+    assert calls and set(calls) == {torch.bfloat16}
+    ref = model(ids, labels=ids).loss          # fp32 path
+    assert abs(loss.item() - ref.item()) < 0.05
