@@ -47,7 +47,9 @@ sysdeps:
 demo: $(STAMP)
 	$(BIN)/k2 run --profile tiny
 	@echo
-	@echo "Results are in ./k2-store (artifacts/, runs/). Try:  $(BIN)/k2 runs  |  $(BIN)/k2 show curate  |  $(BIN)/k2 lineage curate"
+	@echo "Results are in ./k2-store (artifacts/, runs/). The trained model, its loss / max-logit / expert-load"
+	@echo "plots and telemetry:  ls ./k2-store/artifacts/pretrain/*/  (model/, training.png, telemetry.parquet)"
+	@echo "Try:  $(BIN)/k2 show pretrain  |  $(BIN)/k2 lineage pretrain  |  $(BIN)/k2 generate --checkpoint ./k2-store/artifacts/pretrain/*/model --prompt 'def ' --greedy"
 
 # The full suite, slow tests and the vLLM parity test included (K2_REQUIRE_VLLM: fail, never skip).
 test: $(STAMP) $(VLLM_STAMP) sysdeps

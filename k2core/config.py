@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -79,6 +79,42 @@ class CurateConfig(Section):
     min_docs_out: int = Field(1, ge=0, description="gate: fewest documents the stage may output")
 
 
+class TokenizeConfig(Section):
+    """Curated documents -> a byte-level BPE tokenizer + packed token shards (the `tokenize` stage)."""
+
+    vocab_size: int = Field(32_768, ge=512, le=1 << 20, description="BPE vocabulary incl. special tokens")
+    min_frequency: int = Field(2, ge=1, description="BPE: merges must occur at least this often")
+    seq_len: int = Field(2048, ge=8, description="tokens per packed training sequence")
+    val_fraction: float = Field(0.02, ge=0.0, lt=0.5, description="documents held out for validation (by id hash)")
+    mixture: dict[str, Annotated[float, Field(ge=0.0)]] = Field(
+        default_factory=dict, description="epochs per domain (prose, code, math): 2.0 repeats a domain twice, "
+                                          "0.5 keeps half its documents (by id hash), 0 drops it; unlisted: 1.0")
+    shard_rows: int = Field(65_536, ge=1, description="sequences per train shard")
+    max_train_docs: int | None = Field(None, ge=1, description="documents used to train the tokenizer (None = all)")
+
+
+class PretrainConfig(Section):
+    """Token shards -> a trained K2 base model (the `pretrain` stage)."""
+
+    preset: str = Field("tiny", description="model preset; vocab_size comes from the tokenizer")
+    model: dict[str, Any] = Field(default_factory=dict, description="ModelConfig overrides")
+    optim: "OptimConfig" = Field(default_factory=lambda: OptimConfig())
+    steps: int = Field(1000, ge=1)
+    micro_batch: int = Field(8, ge=1, description="sequences per forward pass")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    warmup_steps: int = Field(50, ge=0, description="WSD: linear warm-up")
+    decay_fraction: float = Field(0.2, ge=0.0, le=1.0, description="WSD: the last fraction of steps decays")
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="WSD: lr at the end, as a fraction of the peak")
+    grad_clip: float | None = Field(1.0, gt=0, description="global gradient-norm clip (on gradients)")
+    eval_every: int = Field(100, ge=1, description="validation loss every N steps")
+    eval_batches: int = Field(8, ge=1)
+    checkpoint_every: int = Field(100, ge=1, description="resumable checkpoint every N steps")
+    keep_checkpoints: int = Field(2, ge=1)
+    seed: int = 0
+    device: str = Field("auto", description="auto | cpu | cuda")
+    min_loss_drop: float = Field(0.5, ge=0.0, description="gate: final val loss <= initial - this (nats)")
+
+
 class OptimConfig(Section):
     """MuonClip (K2 §2.1): Muon for hidden matrices, AdamW for embeddings / head / norm gains,
     QK-Clip on the attention logits. Nested in the training stages' sections."""
@@ -126,6 +162,8 @@ class PipelineConfig(Section):
     store: StoreConfig = Field(default_factory=StoreConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     curate: CurateConfig = Field(default_factory=CurateConfig)
+    tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
 
 
 # ---------------------------------------------------------------------------- profiles
@@ -133,8 +171,13 @@ class PipelineConfig(Section):
 # default (a laptop CPU, minutes); `h200` and `cluster` are filled in by the issues that
 # bring GPU training, Dask clusters and vLLM.
 PROFILES: dict[str, dict[str, Any]] = {
-    "tiny": {"ingest": {"max_docs": 2000, "shard_docs": 1000}},
-    "h200": {"ingest": {"max_docs": None}},
+    "tiny": {"ingest": {"max_docs": 2000, "shard_docs": 1000},
+             "tokenize": {"vocab_size": 4096, "seq_len": 128},
+             "pretrain": {"preset": "tiny", "steps": 300, "micro_batch": 16, "warmup_steps": 20,
+                          "eval_every": 50, "checkpoint_every": 50, "optim": {"lr": 3e-3}}},
+    "h200": {"ingest": {"max_docs": None},
+             "pretrain": {"preset": "h200", "steps": 2000, "micro_batch": 8, "eval_every": 200,
+                          "checkpoint_every": 500, "optim": {"lr": 1e-3}}},
     "cluster": {"ingest": {"max_docs": None, "shard_docs": 50_000}},
 }
 

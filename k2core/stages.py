@@ -17,3 +17,22 @@ CURATE = register(StageSpec(
              "schemas.documents"),
     description="quality filters (Gopher, C4, FineWeb, code), exact + MinHash dedup, domain tags",
 ))
+
+from k2core.data import tokenize  # noqa: E402
+from k2core.train import pretrain  # noqa: E402
+from schemas.suites import pretrain_suite, tokenize_suite  # noqa: E402
+
+TOKENIZE = register(StageSpec(
+    name="tokenize", section="tokenize", inputs=("curate",),
+    run=tokenize.run, suite=tokenize_suite, code_version="1", gate_frame=tokenize.gate_frame,
+    modules=("k2core.data.tokenize",),
+    description="byte-level BPE tokenizer (K2 chat tokens reserved) + packed token shards + validation shard",
+))
+
+PRETRAIN = register(StageSpec(
+    name="pretrain", section="pretrain", inputs=("tokenize",),
+    run=pretrain.run, suite=pretrain_suite, code_version="1", gate_frame=pretrain.gate_frame,
+    modules=("k2core.train.pretrain", "k2core.model.k2", "k2core.model.config", "k2core.optim.muonclip",
+             "k2core.optim.kernels"),
+    description="K2 model + MuonClip: WSD schedule, resumable checkpoints, telemetry, HF-format model",
+))

@@ -45,3 +45,40 @@ def curate_suite(cfg: Any) -> dict[str, Any]:
             {"metric": "docs_out", "min": cfg.min_docs_out},
         ],
     }
+
+
+def tokenize_suite(cfg: Any) -> dict[str, Any]:
+    """Per-shard table: no empty shard, ids inside the vocabulary; token accounting exact."""
+    return {
+        "name": "tokenize",
+        "columns": ["file", "split", "rows", "tokens", "max_id"],
+        "expectations": [
+            {"type": "ExpectTableRowCountToBeBetween", "min_value": 1},
+            {"type": "ExpectColumnValuesToBeBetween", "column": "rows", "min_value": 1},
+            {"type": "ExpectColumnValuesToBeBetween", "column": "max_id", "min_value": 0,
+             "max_value": cfg.vocab_size - 1},
+            {"type": "ExpectColumnValuesToBeInSet", "column": "split", "value_set": ["train", "val"]},
+        ],
+        "metric_checks": [
+            {"metric": "id_headroom", "min": 0},            # max id < the trained vocabulary
+            {"metric": "token_count_error", "min": 0, "max": 0},
+            {"metric": "train_rows", "min": 1},
+        ],
+    }
+
+
+def pretrain_suite(cfg: Any) -> dict[str, Any]:
+    """Telemetry rows: losses finite; the model learned (held-out loss fell by the margin)."""
+    return {
+        "name": "pretrain",
+        "columns": ["step", "loss"],
+        "expectations": [
+            {"type": "ExpectTableRowCountToBeBetween", "min_value": 1},
+            {"type": "ExpectColumnValuesToNotBeNull", "column": "loss"},
+        ],
+        "metric_checks": [
+            {"metric": "final_val_loss"},                    # present and finite
+            {"metric": "val_loss_drop", "min": cfg.min_loss_drop},
+            {"metric": "nan_steps", "max": 0},
+        ],
+    }

@@ -1,0 +1,314 @@
+"""The `pretrain` stage: the K2 model trained with MuonClip on the `tokenize` artifact's shards.
+
+WSD schedule, gradient accumulation, global-norm gradient clipping (on gradients), bf16 autocast on
+GPU / fp32 on CPU, a deterministic data order (a seeded permutation of rows: the data position is
+the step number), periodic validation loss, and resumable checkpoints every N steps (model,
+optimizer, step, RNG states, telemetry so far; sha256-verified, written atomically) in a resume
+directory that outlives a crash. Telemetry per step goes to ``telemetry.parquet``; plots of loss,
+max attention logit and expert load to PNG; the final model to ``model/`` in Hugging Face format
+with the tokenizer.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from k2core.stage import K2Error, StageContext
+
+
+class TrainingFailed(K2Error):
+    """Training stopped (NaN loss, bad data); the message names the step and the last checkpoint."""
+
+
+# ---------------------------------------------------------------------------- schedule
+def wsd_lr(step: int, cfg) -> float:
+    """Warm-up, stable, decay (linear to min_lr_ratio over the last decay_fraction of steps)."""
+    peak = cfg.optim.lr
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return peak * (step + 1) / cfg.warmup_steps
+    decay_start = int(cfg.steps * (1 - cfg.decay_fraction))
+    if step < decay_start or cfg.decay_fraction == 0:
+        return peak
+    frac = (step - decay_start + 1) / max(1, cfg.steps - decay_start)
+    return peak * (1 - frac * (1 - cfg.min_lr_ratio))
+
+
+# ---------------------------------------------------------------------------- data
+class Batches:
+    """Row order = a seeded permutation per epoch; batch k is a pure function of k (resume = step)."""
+
+    def __init__(self, rows: np.ndarray, micro: int, seed: int, vocab: int):
+        self.rows, self.micro, self.seed = rows, micro, seed
+        if len(rows) < micro:
+            raise TrainingFailed(f"the training split has {len(rows)} sequences, fewer than one micro-batch "
+                                 f"({micro}); lower pretrain.micro_batch or add data")
+        self._perm_epoch, self._perm = -1, None
+        self.vocab = vocab
+
+    def micro_batch(self, index: int) -> torch.Tensor:
+        per_epoch = len(self.rows) // self.micro
+        epoch, k = divmod(index, per_epoch)
+        if epoch != self._perm_epoch:
+            self._perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.rows))
+            self._perm_epoch = epoch
+        idx = np.sort(self._perm[k * self.micro:(k + 1) * self.micro])
+        x = torch.from_numpy(self.rows[idx].astype(np.int64))
+        bad = int(x.max())
+        if bad >= self.vocab:
+            raise TrainingFailed(f"token id {bad} >= vocab_size {self.vocab} in training rows {idx.tolist()[:4]}…; "
+                                 "the tokenize artifact does not match the model")
+        return x
+
+
+# ---------------------------------------------------------------------------- checkpoints
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_resume(dirpath: Path, step: int, state: dict[str, Any], keep: int) -> Path:
+    """`step-XXXXXXX.pt` + its sha256 file, each written to a temp name and renamed."""
+    dirpath.mkdir(parents=True, exist_ok=True)
+    path = dirpath / f"step-{step:07d}.pt"
+    tmp = path.with_suffix(".pt.tmp")
+    torch.save(state, tmp)
+    digest = _sha256(tmp)
+    os.replace(tmp, path)
+    (dirpath / f"{path.name}.sha256.tmp").write_text(digest)
+    os.replace(dirpath / f"{path.name}.sha256.tmp", dirpath / f"{path.name}.sha256")
+    for old in sorted(dirpath.glob("step-*.pt"))[:-keep]:
+        old.unlink(missing_ok=True)
+        (dirpath / f"{old.name}.sha256").unlink(missing_ok=True)
+    return path
+
+
+def load_resume(dirpath: Path, log) -> tuple[dict[str, Any] | None, Path | None]:
+    """The newest checkpoint whose sha256 verifies and that loads; bad ones are named and skipped."""
+    for path in sorted(dirpath.glob("step-*.pt"), reverse=True) if dirpath.exists() else []:
+        side = dirpath / f"{path.name}.sha256"
+        if not side.exists():
+            log(f"pretrain: checkpoint {path} has no sha256 file — skipped, trying the previous one")
+            continue
+        if _sha256(path) != side.read_text().strip():
+            log(f"pretrain: checkpoint {path} fails its sha256 check (truncated or corrupt) — skipped, "
+                "trying the previous one")
+            continue
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False), path
+        except Exception as e:       # noqa: BLE001 — any unreadable file falls back the same way
+            log(f"pretrain: checkpoint {path} cannot be read ({e}) — skipped, trying the previous one")
+    return None, None
+
+
+def _rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def _set_rng_state(s: dict[str, Any]) -> None:
+    torch.set_rng_state(s["torch"])
+    np.random.set_state(s["numpy"])
+    random.setstate(s["python"])
+    if s.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+# ---------------------------------------------------------------------------- the stage
+def resume_dir(ctx: StageContext) -> Path:
+    """Local, outside the work dir (which a rerun wipes): survives a killed run of this version."""
+    return Path(ctx.store.scratch_root()) / ".resume" / ctx.stage / ctx.version
+
+
+def build_model(cfg, vocab: int, device: torch.device):
+    from k2core.model import K2ForCausalLM, ModelConfig
+
+    mcfg = ModelConfig.preset(cfg.preset, **{**cfg.model, "vocab_size": vocab})
+    torch.manual_seed(cfg.seed)
+    with torch.device(device):
+        model = K2ForCausalLM(mcfg)
+    return model.init_weights(cfg.seed).train()
+
+
+@torch.no_grad()
+def evaluate(model, val: np.ndarray, cfg, device, amp) -> float:
+    model.eval()
+    losses = []
+    n = min(cfg.eval_batches, max(1, len(val) // cfg.micro_batch))
+    for k in range(n):
+        x = torch.from_numpy(val[k * cfg.micro_batch:(k + 1) * cfg.micro_batch].astype(np.int64)).to(device)
+        if len(x) == 0:
+            break
+        with amp:
+            losses.append(float(model(x, labels=x).loss))
+    model.train()
+    return sum(losses) / len(losses) if losses else float("nan")
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    from k2core.data.tokenize import load_index, open_rows
+    from k2core.model.checkpoint import save_checkpoint
+    from k2core.model.config import flops_per_token
+    from k2core.optim import MuonClip
+
+    cfg = ctx.cfg
+    art = ctx.inputs["tokenize"]
+    index = load_index(art)
+    vocab = index["vocab_size"]
+    train_rows, val_rows = open_rows(art, "train"), open_rows(art, "val")
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if cfg.device == "auto" else cfg.device))
+    model = build_model(cfg, vocab, device)
+    opt = MuonClip.for_model(model, cfg.optim)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    data = Batches(train_rows, cfg.micro_batch, cfg.seed, vocab)
+    rdir = resume_dir(ctx)
+    telemetry: list[dict[str, Any]] = []
+    start = 0
+    state, path = load_resume(rdir, ctx.log)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        _set_rng_state(state["rng"])
+        telemetry, start = state["telemetry"], state["step"]
+        ctx.log(f"pretrain: resuming from {path} (step {start} of {cfg.steps})")
+    tokens_per_step = cfg.micro_batch * cfg.grad_accum * index["seq_len"]
+    fpt = flops_per_token(model.config, index["seq_len"]) if device.type == "cuda" else None
+    peak = _peak_flops() if device.type == "cuda" else None
+    crash_at = int(os.environ.get("K2_TEST_CRASH_STEP", "0"))      # tests: die like kill -9 after this step
+    last_good = path
+    with ctx.progress(total=cfg.steps, desc="pretrain", unit="step") as bar:
+        bar.update(start)
+        for step in range(start, cfg.steps):
+            val_loss = evaluate(model, val_rows, cfg, device, amp) if step % cfg.eval_every == 0 else None
+            t0 = time.perf_counter()
+            lr = wsd_lr(step, cfg)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            loss_sum, S = 0.0, None
+            for micro in range(cfg.grad_accum):
+                x = data.micro_batch(step * cfg.grad_accum + micro).to(device, non_blocking=True)
+                with amp:
+                    out = model(x, labels=x, want_max_logits=True)
+                (out.loss / cfg.grad_accum).backward()
+                loss_sum += float(out.loss.detach())
+                S = out.max_logits if S is None else torch.maximum(S, out.max_logits)
+            loss = loss_sum / cfg.grad_accum
+            if not math.isfinite(loss):
+                raise TrainingFailed(f"loss is {loss} at step {step}; the last good checkpoint is "
+                                     f"{last_good or 'none (no checkpoint written yet)'}")
+            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
+            stats = opt.step(max_logits=S)
+            opt.zero_grad(set_to_none=True)
+            load = model.expert_load()                    # [moe layers, experts], before the bias update
+            model.update_routing_bias()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            dt = time.perf_counter() - t0
+            row = {"step": step, "loss": loss, "lr": lr, "grad_norm": float(gnorm), "tokens_per_s": tokens_per_step / dt,
+                   "mfu": (tokens_per_step * fpt / dt / peak) if fpt else None,
+                   "max_logit": float(stats.max_logit.max()), "max_logit_per_head": stats.max_logit.flatten().tolist(),
+                   "clipped_heads": stats.clipped_heads, "min_gamma": stats.min_gamma,
+                   "expert_load_max_over_mean": _imbalance(load), "val_loss": val_loss}
+            telemetry.append(row)
+            bar.update(1)
+            if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+                last_good = save_resume(rdir, step + 1, {
+                    "model": model.state_dict(), "optimizer": opt.state_dict(), "rng": _rng_state(),
+                    "telemetry": telemetry, "step": step + 1}, cfg.keep_checkpoints)
+            if crash_at and step + 1 == crash_at:
+                os._exit(9)
+    final_val = evaluate(model, val_rows, cfg, device, amp)
+    return finish(ctx, model, telemetry, final_val, index, art, rdir)
+
+
+def _imbalance(load: torch.Tensor | None) -> float | None:
+    if load is None or load.numel() == 0:
+        return None
+    load = load.float()
+    return float((load.max(dim=-1).values / load.mean(dim=-1).clamp(min=1e-9)).max())
+
+
+def _peak_flops() -> float:
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    for _ in range(2):
+        a @ a
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(5):
+        a @ a
+    torch.cuda.synchronize()
+    return 5 * 2 * 8192 ** 3 / (time.perf_counter() - t)
+
+
+def finish(ctx: StageContext, model, telemetry, final_val: float, index, art, rdir: Path) -> dict[str, Any]:
+    import pandas as pd
+
+    from k2core.model.checkpoint import save_checkpoint
+
+    wd = ctx.workdir
+    save_checkpoint(model, wd / "model")
+    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(art.path(f"tokenizer/{f}"), wd / "model" / f)
+    df = pd.DataFrame(telemetry)
+    df.to_parquet(wd / "telemetry.parquet")
+    plot(df, wd, final_val)
+    vals = df.val_loss.dropna()           # each evaluated on the weights at the start of its step
+    metrics = {"steps": len(df), "initial_loss": float(df.loss.iloc[0]), "final_loss": float(df.loss.iloc[-10:].mean()),
+               "initial_val_loss": float(vals.iloc[0]), "final_val_loss": final_val,
+               "val_loss_drop": float(vals.iloc[0] - final_val),
+               "nan_steps": int((~np.isfinite(df.loss)).sum()),
+               "tokens": int(len(df) * ctx.cfg.micro_batch * ctx.cfg.grad_accum * index["seq_len"]),
+               "tokens_per_s_median": float(df.tokens_per_s.median()),
+               "mfu_median": float(df.mfu.median()) if df.mfu.notna().any() else None,
+               "peak_max_logit": float(df.max_logit.max()), "clipped_head_steps": int(df.clipped_heads.sum()),
+               "parameters": sum(p.numel() for p in model.parameters()), "vocab_size": index["vocab_size"]}
+    (wd / "summary.json").write_text(json.dumps(metrics, indent=1))
+    shutil.rmtree(rdir, ignore_errors=True)           # the final model is in the artifact now
+    return metrics
+
+
+def plot(df, out: Path, final_val: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4), dpi=110)
+    ax = axes[0]
+    ax.plot(df.step, df.loss, lw=0.8, label="train")
+    v = df.dropna(subset=["val_loss"])
+    ax.plot([*v.step, len(df)], [*v.val_loss, final_val], "o-", ms=3, label="held-out")
+    ax.set(xlabel="step", ylabel="loss (nats / token)", title="Loss")
+    ax.legend()
+    ax = axes[1]
+    ax.plot(df.step, df.max_logit, lw=0.8)
+    ax.set(xlabel="step", ylabel="max attention logit", title="Max logit (all layers, heads)")
+    ax = axes[2]
+    if df.expert_load_max_over_mean.notna().any():
+        ax.plot(df.step, df.expert_load_max_over_mean, lw=0.8)
+    ax.set(xlabel="step", ylabel="max / mean expert load (worst layer)", title="Expert load balance")
+    for a in axes:
+        a.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "training.png")
+    plt.close(fig)
+
+
+def gate_frame(workdir: Path, columns: list[str]):
+    import pandas as pd
+
+    path = workdir / "telemetry.parquet"
+    return pd.read_parquet(path, columns=columns) if path.exists() else pd.DataFrame({c: [] for c in columns})
