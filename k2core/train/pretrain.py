@@ -159,7 +159,6 @@ def evaluate(model, val: np.ndarray, cfg, device, amp) -> float:
 
 def run(ctx: StageContext) -> dict[str, Any]:
     from k2core.data.tokenize import load_index, open_rows
-    from k2core.model.checkpoint import save_checkpoint
     from k2core.model.config import flops_per_token
     from k2core.optim import MuonClip
 
@@ -187,7 +186,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     tokens_per_step = cfg.micro_batch * cfg.grad_accum * index["seq_len"]
     fpt = flops_per_token(model.config, index["seq_len"]) if device.type == "cuda" else None
     peak = _peak_flops() if device.type == "cuda" else None
-    crash_at = int(os.environ.get("K2_TEST_CRASH_STEP", "0"))      # tests: die like kill -9 after this step
+    # tests only: die like kill -9 right after this step (a deterministic point to resume from)
+    crash_at = int(os.environ.get("K2_TEST_CRASH_STEP", "0"))
     last_good = path
     with ctx.progress(total=cfg.steps, desc="pretrain", unit="step") as bar:
         bar.update(start)
