@@ -112,6 +112,7 @@ class PretrainConfig(Section):
     keep_checkpoints: int = Field(2, ge=1)
     seed: int = 0
     device: str = Field("auto", description="auto | cpu | cuda")
+    nproc: int = Field(1, ge=1, description="training processes (data parallel under torchrun; one per GPU)")
     min_loss_drop: float = Field(0.5, ge=0.0, description="gate: final val loss <= initial - this (nats)")
 
 

@@ -18,6 +18,7 @@ import random
 import shutil
 import time
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -157,39 +158,129 @@ def evaluate(model, val: np.ndarray, cfg, device, amp) -> float:
     return sum(losses) / len(losses) if losses else float("nan")
 
 
+@dataclass
+class Job:
+    """Everything one training process needs, JSON-serialisable (torchrun workers read it)."""
+
+    cfg: dict[str, Any]
+    index: dict[str, Any]
+    train_files: list[str]
+    val_files: list[str]
+    tokenizer_files: list[str]
+    workdir: str
+    resume: str
+
+    @classmethod
+    def from_ctx(cls, ctx: StageContext) -> "Job":
+        from k2core.data.tokenize import load_index
+
+        art = ctx.inputs["tokenize"]
+        index = load_index(art)
+        files = {split: [str(art.path(s["file"])) for s in index["shards"] if s["split"] == split]
+                 for split in ("train", "val")}
+        if not files["train"] or not files["val"]:
+            raise TrainingFailed("the tokenize artifact needs a train and a val shard "
+                                 f"(has {len(files['train'])} train, {len(files['val'])} val)")
+        toks = [str(art.path(f"tokenizer/{f}")) for f in ("tokenizer.json", "tokenizer_config.json",
+                                                          "special_tokens_map.json")]
+        return cls(ctx.cfg.model_dump(mode="json"), index, files["train"], files["val"], toks, str(ctx.workdir),
+                   str(resume_dir(ctx)))
+
+    def rows(self, split: str) -> np.ndarray:
+        maps = [np.memmap(f, dtype=self.index["dtype"], mode="r").reshape(-1, self.index["seq_len"])
+                for f in (self.train_files if split == "train" else self.val_files)]
+        for f, m in zip(self.train_files if split == "train" else self.val_files, maps):
+            if m.shape[0] == 0:
+                raise TrainingFailed(f"token shard {f} is empty")
+        return maps[0] if len(maps) == 1 else np.concatenate(maps)
+
+
 def run(ctx: StageContext) -> dict[str, Any]:
-    from k2core.data.tokenize import load_index, open_rows
+    job = Job.from_ctx(ctx)
+    if ctx.cfg.nproc > 1:
+        return launch(job, ctx)
+    return train(job, ctx.log, ctx.progress)
+
+
+def launch(job: Job, ctx: StageContext) -> dict[str, Any]:
+    """`nproc` training processes under torchrun (data parallel); rank 0 writes the outputs and
+    a progress file this process turns into the progress bar / Prefect progress artifact."""
+    import subprocess
+    import sys
+
+    wd = Path(job.workdir)
+    (wd / "job.json").write_text(json.dumps(job.__dict__))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ctx.cfg.nproc}",
+           "-m", "k2core.train.pretrain", str(wd / "job.json")]
+    ctx.log("pretrain: launching " + " ".join(cmd[2:]))
+    done = 0
+    with ctx.progress(total=ctx.cfg.steps, desc=f"pretrain ({ctx.cfg.nproc} processes)", unit="step") as bar:
+        proc = subprocess.Popen(cmd)
+        while proc.poll() is None:
+            time.sleep(1.0)
+            try:
+                step = json.loads((wd / "progress.json").read_text())["step"]
+            except (OSError, ValueError, KeyError):
+                continue
+            bar.update(step - done)
+            done = step
+    (wd / "job.json").unlink(missing_ok=True)
+    (wd / "progress.json").unlink(missing_ok=True)
+    err = wd / "error.txt"
+    if proc.returncode != 0:
+        msg = err.read_text() if err.exists() else f"training processes exited with status {proc.returncode}"
+        raise TrainingFailed(msg)
+    return json.loads((wd / "summary.json").read_text())
+
+
+def _dist() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+
+
+def train(job: Job, log, progress) -> dict[str, Any]:
+    """The training loop, single-process or one rank of a torchrun job (data parallel: DDP
+    averages gradients; every rank keeps the full optimizer state; rank 0 writes)."""
+    import torch.distributed as dist
+
+    from k2core.config import PretrainConfig
     from k2core.model.config import flops_per_token
     from k2core.optim import MuonClip
 
-    cfg = ctx.cfg
-    art = ctx.inputs["tokenize"]
-    index = load_index(art)
-    vocab = index["vocab_size"]
-    train_rows, val_rows = open_rows(art, "train"), open_rows(art, "val")
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
+    cfg = PretrainConfig.model_validate(job.cfg)
+    rank, world = _dist()
+    index, vocab = job.index, job.index["vocab_size"]
+    train_rows, val_rows = job.rows("train"), job.rows("val")
+    if cfg.micro_batch % world:
+        raise TrainingFailed(f"pretrain.micro_batch = {cfg.micro_batch} must divide by the {world} processes")
+    if cfg.device == "auto" and torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) if world > 1 else torch.cuda.current_device())
+    else:
+        device = torch.device("cpu" if cfg.device == "auto" else cfg.device)
     model = build_model(cfg, vocab, device)
+    net = torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False) if world > 1 else model
     opt = MuonClip.for_model(model, cfg.optim)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     data = Batches(train_rows, cfg.micro_batch, cfg.seed, vocab)
-    rdir = resume_dir(ctx)
+    rdir = Path(job.resume)
     telemetry: list[dict[str, Any]] = []
     start = 0
-    state, path = load_resume(rdir, ctx.log)
+    state, path = load_resume(rdir, log if rank == 0 else (lambda m: None))
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         _set_rng_state(state["rng"])
         telemetry, start = state["telemetry"], state["step"]
-        ctx.log(f"pretrain: resuming from {path} (step {start} of {cfg.steps})")
+        if rank == 0:
+            log(f"pretrain: resuming from {path} (step {start} of {cfg.steps})")
     tokens_per_step = cfg.micro_batch * cfg.grad_accum * index["seq_len"]
     fpt = flops_per_token(model.config, index["seq_len"]) if device.type == "cuda" else None
-    peak = _peak_flops() if device.type == "cuda" else None
+    peak = _peak_flops() * world if device.type == "cuda" else None
     # tests only: die like kill -9 right after this step (a deterministic point to resume from)
     crash_at = int(os.environ.get("K2_TEST_CRASH_STEP", "0"))
     last_good = path
-    with ctx.progress(total=cfg.steps, desc="pretrain", unit="step") as bar:
+    with progress(total=cfg.steps, desc="pretrain", unit="step") as bar:
         bar.update(start)
         for step in range(start, cfg.steps):
             val_loss = evaluate(model, val_rows, cfg, device, amp) if step % cfg.eval_every == 0 else None
@@ -197,15 +288,22 @@ def run(ctx: StageContext) -> dict[str, Any]:
             lr = wsd_lr(step, cfg)
             for g in opt.param_groups:
                 g["lr"] = lr
-            loss_sum, S = 0.0, None
+            loss_sum, S = torch.zeros((), device=device), None
             for micro in range(cfg.grad_accum):
-                x = data.micro_batch(step * cfg.grad_accum + micro).to(device, non_blocking=True)
+                x = data.micro_batch(step * cfg.grad_accum + micro)
+                x = x.chunk(world)[rank].to(device, non_blocking=True) if world > 1 else x.to(device)
                 with amp:
-                    out = model(x, labels=x, want_max_logits=True)
+                    out = net(x, labels=x, want_max_logits=True)
                 (out.loss / cfg.grad_accum).backward()
-                loss_sum += float(out.loss.detach())
+                loss_sum += out.loss.detach().float()
                 S = out.max_logits if S is None else torch.maximum(S, out.max_logits)
-            loss = loss_sum / cfg.grad_accum
+            if world > 1:                  # the global batch's loss, S_max and expert loads
+                dist.all_reduce(loss_sum)
+                loss_sum /= world
+                dist.all_reduce(S, op=dist.ReduceOp.MAX)
+                for _, moe in model.moe_layers():
+                    dist.all_reduce(moe.load)
+            loss = float(loss_sum) / cfg.grad_accum
             if not math.isfinite(loss):
                 raise TrainingFailed(f"loss is {loss} at step {step}; the last good checkpoint is "
                                      f"{last_good or 'none (no checkpoint written yet)'}")
@@ -224,14 +322,56 @@ def run(ctx: StageContext) -> dict[str, Any]:
                    "expert_load_max_over_mean": _imbalance(load), "val_loss": val_loss}
             telemetry.append(row)
             bar.update(1)
-            if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+            if rank == 0 and world > 1:
+                _write_json(Path(job.workdir) / "progress.json", {"step": step + 1})
+            if rank == 0 and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
                 last_good = save_resume(rdir, step + 1, {
                     "model": model.state_dict(), "optimizer": opt.state_dict(), "rng": _rng_state(),
                     "telemetry": telemetry, "step": step + 1}, cfg.keep_checkpoints)
             if crash_at and step + 1 == crash_at:
                 os._exit(9)
     final_val = evaluate(model, val_rows, cfg, device, amp)
-    return finish(ctx, model, telemetry, final_val, index, art, rdir)
+    if rank != 0:
+        return {}
+    return finish(job, cfg, model, telemetry, final_val, index, rdir)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj))
+    os.replace(tmp, path)
+
+
+def worker_main(job_path: str) -> int:
+    """One torchrun rank: join the process group, train, and report a failure for the parent."""
+    import torch.distributed as dist
+
+    job = Job(**json.loads(Path(job_path).read_text()))
+    backend = "nccl" if torch.cuda.is_available() and job.cfg.get("device") != "cpu" else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group(backend)
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.get_world_size()))
+    try:
+        train(job, print, lambda **kw: _NoBar())
+    except TrainingFailed as e:
+        if dist.get_rank() == 0:
+            (Path(job.workdir) / "error.txt").write_text(str(e))
+        return 1
+    finally:
+        dist.destroy_process_group()
+    return 0
+
+
+class _NoBar:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+    def update(self, n: float = 1) -> None:
+        return None
 
 
 def _imbalance(load: torch.Tensor | None) -> float | None:
@@ -253,15 +393,15 @@ def _peak_flops() -> float:
     return 5 * 2 * 8192 ** 3 / (time.perf_counter() - t)
 
 
-def finish(ctx: StageContext, model, telemetry, final_val: float, index, art, rdir: Path) -> dict[str, Any]:
+def finish(job: Job, cfg, model, telemetry, final_val: float, index, rdir: Path) -> dict[str, Any]:
     import pandas as pd
 
     from k2core.model.checkpoint import save_checkpoint
 
-    wd = ctx.workdir
+    wd = Path(job.workdir)
     save_checkpoint(model, wd / "model")
-    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        shutil.copy(art.path(f"tokenizer/{f}"), wd / "model" / f)
+    for f in job.tokenizer_files:
+        shutil.copy(f, wd / "model" / Path(f).name)
     df = pd.DataFrame(telemetry)
     df.to_parquet(wd / "telemetry.parquet")
     plot(df, wd, final_val)
@@ -270,7 +410,7 @@ def finish(ctx: StageContext, model, telemetry, final_val: float, index, art, rd
                "initial_val_loss": float(vals.iloc[0]), "final_val_loss": final_val,
                "val_loss_drop": float(vals.iloc[0] - final_val),
                "nan_steps": int((~np.isfinite(df.loss)).sum()),
-               "tokens": int(len(df) * ctx.cfg.micro_batch * ctx.cfg.grad_accum * index["seq_len"]),
+               "tokens": int(len(df) * cfg.micro_batch * cfg.grad_accum * index["seq_len"]),
                "tokens_per_s_median": float(df.tokens_per_s.median()),
                "mfu_median": float(df.mfu.median()) if df.mfu.notna().any() else None,
                "peak_max_logit": float(df.max_logit.max()), "clipped_head_steps": int(df.clipped_heads.sum()),
@@ -312,3 +452,9 @@ def gate_frame(workdir: Path, columns: list[str]):
 
     path = workdir / "telemetry.parquet"
     return pd.read_parquet(path, columns=columns) if path.exists() else pd.DataFrame({c: [] for c in columns})
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(worker_main(sys.argv[1]))

@@ -124,3 +124,18 @@ def test_kill9_mid_training_resumes_bit_identical(upstream):
         [f] = [f for f in store.glob("artifacts/pretrain/*/model/model.safetensors") if f.parents[1].name not in old]
         return hashlib.sha256(f.read_bytes()).hexdigest()
     assert digest(killed) == digest(clean)
+
+
+@pytest.mark.slow
+def test_two_processes_data_parallel_follow_the_single_process_curve(upstream):
+    """pretrain.nproc=2: torchrun, gloo, DDP-averaged gradients, the same global batch."""
+    tmp, src = upstream
+    one, store = run(str(tmp / "store"), ["pretrain"], [f"ingest.source={src}"])
+    two, _ = run(str(tmp / "store"), ["pretrain"], [f"ingest.source={src}", "pretrain.nproc=2"])
+    a = pd.read_parquet(store.artifact("pretrain", one[-1].version).path("telemetry.parquet"))
+    b = pd.read_parquet(store.artifact("pretrain", two[-1].version).path("telemetry.parquet"))
+    assert list(b.step) == list(range(12))
+    assert abs(a.loss[0] - b.loss[0]) < 1e-4                     # same weights, same 4 sequences
+    np.testing.assert_allclose(b.loss[:6], a.loss[:6], rtol=2e-2)
+    m = store.artifact("pretrain", two[-1].version).metrics
+    assert m["final_val_loss"] < m["initial_val_loss"] - 0.1
