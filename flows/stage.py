@@ -12,7 +12,7 @@ from k2core.config import PipelineConfig
 from k2core.runs import RunRecorder, new_run_id
 from k2core.stage import GateFailed, K2Error, get_stage
 from k2core.store import open_store
-from tasks.stage import execute_stage, plan_stage, publish_summary
+from tasks.stage import execute_stage, plan_stage, publish_plots, publish_summary
 
 
 def open_config_store(cfg: PipelineConfig):
@@ -47,6 +47,7 @@ def run_stage(name: str, config: PipelineConfig, force: bool = False, run_id: st
         return Failed(message=str(outcome))
     publish_summary(name, outcome.version, outcome.status.replace("_", " "), outcome.manifest,
                     outcome.gate, outcome.location, outcome.reason)
+    publish_plots(name, outcome.version, store)
     recorder.stage_done(outcome, fr_id)
     return {"stage": name, "version": outcome.version, "status": outcome.status}
 

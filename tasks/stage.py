@@ -1,6 +1,7 @@
 """Tasks of a stage flow: plan, execute (run -> gate -> commit), publish the summary and gate."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -64,3 +65,22 @@ def publish_summary(stage: str, version: str, status: str, manifest: dict[str, A
         rows = [{k: str(v) for k, v in r.items()} for r in gate["results"]]
         create_table_artifact(rows, key=artifact_key(stage, "gate"),
                               description=f"{stage} quality gate: {'passed' if gate['success'] else 'FAILED'}")
+
+
+@task(name="publish-plots", retries=2, cache_policy=NO_CACHE)
+def publish_plots(stage: str, version: str, store: Store, max_bytes: int = 2 << 20) -> int:
+    """The artifact's top-level PNG plots (the pre-training loss curve, …) inline in one markdown
+    artifact, so the UI shows them without access to the store. Returns how many were published."""
+    import base64
+
+    art = store.artifact(stage, version)
+    pngs = [f for f in art.files("") if f.endswith(".png") and "/" not in f]
+    parts = []
+    for rel in pngs:
+        data = Path(art.path(rel)).read_bytes()
+        if len(data) <= max_bytes:
+            parts.append(f"### {rel}\n\n![{rel}](data:image/png;base64,{base64.b64encode(data).decode()})")
+    if parts:
+        create_markdown_artifact(f"# {stage} {version}: plots\n\n" + "\n\n".join(parts),
+                                 key=artifact_key(stage, "plots"), description=f"{stage} plots")
+    return len(parts)

@@ -47,6 +47,8 @@ def test_pipeline_runs_stages_as_nested_flows_then_hits_cache(setup):
     md = _artifacts("k2-ingest-summary")
     assert md and f"`{rec.stages[0].version}`" in md[0].data and "## Quality gate: passed" in md[0].data
     assert _artifacts("k2-toy-wc-gate")
+    plots = _artifacts("k2-toy-wc-plots")       # the stage's PNGs, inline
+    assert plots and "![counts.png](data:image/png;base64,iVBORw0KGgo" in plots[0].data
     progress = _artifacts("k2-ingest-progress")  # the live progress artifact, closed at 100%
     assert progress and progress[0].type == "progress" and float(progress[0].data) == 100.0
     state = k2_pipeline(config=cfg, stages="ingest,toy_wc", run_id="r2", return_state=True)
