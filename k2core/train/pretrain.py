@@ -187,11 +187,14 @@ class Job:
                    str(resume_dir(ctx)))
 
     def rows(self, split: str) -> np.ndarray:
-        maps = [np.memmap(f, dtype=self.index["dtype"], mode="r").reshape(-1, self.index["seq_len"])
-                for f in (self.train_files if split == "train" else self.val_files)]
-        for f, m in zip(self.train_files if split == "train" else self.val_files, maps):
-            if m.shape[0] == 0:
-                raise TrainingFailed(f"token shard {f} is empty")
+        files = self.train_files if split == "train" else self.val_files
+        row_bytes = self.index["seq_len"] * np.dtype(self.index["dtype"]).itemsize
+        for f in files:
+            size = os.path.getsize(f)
+            if size == 0 or size % row_bytes:
+                raise TrainingFailed(f"token shard {f} is {'empty' if size == 0 else 'truncated'} "
+                                     f"({size} bytes; rows are {row_bytes} bytes)")
+        maps = [np.memmap(f, dtype=self.index["dtype"], mode="r").reshape(-1, self.index["seq_len"]) for f in files]
         return maps[0] if len(maps) == 1 else np.concatenate(maps)
 
 

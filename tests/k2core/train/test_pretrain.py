@@ -56,6 +56,19 @@ def test_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path):
     assert sorted(p.name for p in tmp_path.glob("step-*.pt")) == ["step-0000012.pt"]
 
 
+def test_empty_or_truncated_shards_are_named(tmp_path):
+    from k2core.train.pretrain import Job
+
+    (tmp_path / "train.bin").write_bytes(b"")
+    (tmp_path / "val.bin").write_bytes(b"\x00" * 10)
+    job = Job({}, {"dtype": "uint16", "seq_len": 8}, [str(tmp_path / "train.bin")], [str(tmp_path / "val.bin")],
+              [], str(tmp_path), str(tmp_path / "r"))
+    with pytest.raises(TrainingFailed, match=r"train.bin is empty"):
+        job.rows("train")
+    with pytest.raises(TrainingFailed, match=r"val.bin is truncated \(10 bytes; rows are 16 bytes\)"):
+        job.rows("val")
+
+
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pre")
