@@ -104,7 +104,7 @@ def test_crash_mid_stage_leaves_nothing_and_rerun_completes(tmp_path, corpus, to
     assert (store.scratch_root() / "toy_wc" / p.version / "data" / "half.parquet").exists()  # invisible leftover
     assert [o.status for o in run_all(cfg, store, ["toy_wc"])] == ["computed"]
     art = store.artifact("toy_wc", p.version)
-    assert art.metrics["rows"] == 20 and art.files() == ["data/counts.parquet"]
+    assert art.metrics["rows"] == 20 and art.files() == ["counts.png", "data/counts.parquet"]
 
 
 def test_force_recomputes(store, corpus):
