@@ -24,30 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from k2core.perf import matmul_peak, sync  # noqa: E402
+
 import k2core.model.k2 as k2mod  # noqa: E402
 from k2core.model import K2ForCausalLM, ModelConfig  # noqa: E402
 from k2core.model.config import flops_per_token, param_counts  # noqa: E402
-
-
-def sync(dev):
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def matmul_peak(dev) -> float:
-    """bf16 TFLOP/s of an 8192³ product (CUDA) or fp32 1024³ (CPU): the MFU denominator."""
-    n, dt = (8192, torch.bfloat16) if dev.type == "cuda" else (1024, torch.float32)
-    a, b = torch.randn(n, n, device=dev, dtype=dt), torch.randn(n, n, device=dev, dtype=dt)
-    for _ in range(3):
-        a @ b
-    sync(dev)
-    times = []
-    for _ in range(10):
-        t = time.perf_counter()
-        a @ b
-        sync(dev)
-        times.append(time.perf_counter() - t)
-    return 2 * n ** 3 / statistics.median(times) / 1e12
 
 
 def hf_model(cfg: ModelConfig, ours: K2ForCausalLM, dev, dtype):
@@ -213,7 +194,7 @@ def main() -> None:
                               else "transformers,k2,k2-maxlogit")
     args.gen_impl = args.gen_impl or ("transformers,native-eager,native" if gpu else "transformers,native")
     torch.backends.cuda.matmul.allow_tf32 = True
-    peak = matmul_peak(dev)
+    peak = matmul_peak(dev) / 1e12                    # TFLOP/s
     machine = torch.cuda.get_device_name() if gpu else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
     info = {"bench": "env", "machine": machine, "torch": torch.__version__, "peak_tflops": round(peak, 1),
             "params": param_counts(ModelConfig.preset(args.preset))}

@@ -31,28 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from k2core.perf import matmul_peak, sync  # noqa: E402
+
 from k2core.model import K2ForCausalLM, ModelConfig  # noqa: E402
 from k2core.optim.muonclip import MuonClip, route_parameters  # noqa: E402
-
-
-def sync(dev):
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def matmul_peak(dev) -> float:
-    n, dt = (8192, torch.bfloat16) if dev.type == "cuda" else (1024, torch.float32)
-    a, b = torch.randn(n, n, device=dev, dtype=dt), torch.randn(n, n, device=dev, dtype=dt)
-    for _ in range(3):
-        a @ b
-    sync(dev)
-    ts = []
-    for _ in range(10):
-        t = time.perf_counter()
-        a @ b
-        sync(dev)
-        ts.append(time.perf_counter() - t)
-    return 2 * n ** 3 / statistics.median(ts) / 1e12
 
 
 def ns_flops(shapes: list[tuple[int, int]], steps: int = 5) -> float:
@@ -130,7 +112,7 @@ def main() -> None:
     routes = route_parameters(model)
     muon_routes = [r for r in routes if r.kind == "muon"]
     shapes = [tuple(r.param.shape[-2:]) for r in muon_routes for _ in range(r.param.numel() // r.param.shape[-2:].numel())]
-    peak = matmul_peak(dev)
+    peak = matmul_peak(dev) / 1e12                    # TFLOP/s
     floor_ms = ns_flops(shapes) / (peak * 1e12) * 1e3
     machine = torch.cuda.get_device_name() if gpu else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
     env = {"bench": "env", "machine": machine, "torch": torch.__version__, "preset": preset,

@@ -158,11 +158,23 @@ def load_index(art) -> dict[str, Any]:
     return json.loads(Path(art.path("index.json")).read_text())
 
 
-def open_rows(art, split: str) -> np.ndarray:
-    """All rows of a split as one array (memory-mapped shards concatenated lazily by the loader)."""
-    idx = load_index(art)
-    maps = [np.memmap(art.path(s["file"]), dtype=idx["dtype"], mode="r").reshape(-1, idx["seq_len"])
-            for s in idx["shards"] if s["split"] == split]
-    if not maps:
-        raise K2Error(f"tokenize artifact has no {split} shard")
+def read_rows(files: list[str], dtype: str, seq_len: int) -> np.ndarray:
+    """Memory-mapped [rows, seq_len] token rows of shard files; an empty or truncated file is an
+    error naming it."""
+    row_bytes = seq_len * np.dtype(dtype).itemsize
+    for f in files:
+        size = Path(f).stat().st_size
+        if size == 0 or size % row_bytes:
+            raise K2Error(f"token shard {f} is {'empty' if size == 0 else 'truncated'} "
+                          f"({size} bytes; rows are {row_bytes} bytes)")
+    maps = [np.memmap(f, dtype=dtype, mode="r").reshape(-1, seq_len) for f in files]
     return maps[0] if len(maps) == 1 else np.concatenate(maps)
+
+
+def open_rows(art, split: str) -> np.ndarray:
+    """All rows of one split of a tokenize artifact."""
+    idx = load_index(art)
+    files = [str(art.path(s["file"])) for s in idx["shards"] if s["split"] == split]
+    if not files:
+        raise K2Error(f"tokenize artifact has no {split} shard")
+    return read_rows(files, idx["dtype"], idx["seq_len"])

@@ -17,6 +17,7 @@ import torch
 
 from k2core.config import QKClipExperimentConfig
 from k2core.progress import Progress
+from k2core.train.pretrain import evaluate
 
 ARMS = (("muon", "Muon (no clip)"), ("muonclip", "MuonClip"))
 
@@ -70,21 +71,16 @@ class Arm:
     """One model + optimizer of the comparison, stepped on the shared batches."""
 
     def __init__(self, cfg: QKClipExperimentConfig, clip: bool, val: torch.Tensor, device: torch.device):
-        from k2core.model import K2ForCausalLM, ModelConfig
         from k2core.optim.muonclip import MuonClip
+        from k2core.train.pretrain import autocast, build_model
 
-        mcfg = ModelConfig.preset(cfg.preset, **cfg.model)
-        if mcfg.vocab_size < 256:
-            raise ExperimentError(f"model.vocab_size = {mcfg.vocab_size}: byte tokens need at least 256")
         self.cfg, self.name = cfg, "muonclip" if clip else "muon"
-        torch.manual_seed(cfg.seed)
-        with torch.device(device):
-            self.model = K2ForCausalLM(mcfg)
-        self.model.init_weights(cfg.seed).train()
+        self.model = build_model(cfg, None, device)
+        if self.model.config.vocab_size < 256:
+            raise ExperimentError(f"model.vocab_size = {self.model.config.vocab_size}: byte tokens need at least 256")
         self.opt = MuonClip.for_model(self.model, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                       qk_clip_tau=cfg.tau if clip else None)
-        self.amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else \
-            torch.autocast("cpu", enabled=False)
+        self.amp = autocast(device)
         self.val = [b.to(device) for b in batches(val, 4, cfg.batch, cfg.seq, cfg.seed + 1)]
         self.rows: list[dict[str, Any]] = []
         self.diverged = False
@@ -111,15 +107,6 @@ class Arm:
         row["seconds"] = self.seconds
         self.rows.append(row)
         self.diverged = not math.isfinite(row["loss"])
-
-
-@torch.no_grad()
-def evaluate(model, val_batches, amp) -> float:
-    model.eval()
-    with amp:
-        losses = [float(model(b, labels=b).loss) for b in val_batches]
-    model.train()
-    return sum(losses) / len(losses)
 
 
 # ---------------------------------------------------------------------------- report

@@ -93,7 +93,6 @@ class BatchTables:
         self.tid = torch.tensor(tid, dtype=torch.int32, device=device)
         self.jid = torch.tensor(jid, dtype=torch.int32, device=device)
         self.n = len(tid)
-        self.device = device
 
 
 

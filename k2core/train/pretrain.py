@@ -133,29 +133,39 @@ def resume_dir(ctx: StageContext) -> Path:
     return Path(ctx.store.scratch_root()) / ".resume" / ctx.stage / ctx.version
 
 
-def build_model(cfg, vocab: int, device: torch.device):
+def build_model(cfg, vocab: int | None, device: torch.device):
+    """`cfg.preset` + `cfg.model` overrides (vocab_size from the tokenizer when given), initialised
+    from `cfg.seed`, in training mode on `device`."""
     from k2core.model import K2ForCausalLM, ModelConfig
 
-    mcfg = ModelConfig.preset(cfg.preset, **{**cfg.model, "vocab_size": vocab})
+    mcfg = ModelConfig.preset(cfg.preset, **({**cfg.model, "vocab_size": vocab} if vocab else cfg.model))
     torch.manual_seed(cfg.seed)
     with torch.device(device):
         model = K2ForCausalLM(mcfg)
     return model.init_weights(cfg.seed).train()
 
 
+def autocast(device: torch.device):
+    """bf16 autocast on GPUs (fp32 master weights), plain fp32 on CPUs."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else \
+        torch.autocast("cpu", enabled=False)
+
+
 @torch.no_grad()
-def evaluate(model, val: np.ndarray, cfg, device, amp) -> float:
+def evaluate(model, batches: list[torch.Tensor], amp) -> float:
+    """Mean next-token loss over fixed held-out batches."""
     model.eval()
-    losses = []
-    n = min(cfg.eval_batches, max(1, len(val) // cfg.micro_batch))
-    for k in range(n):
-        x = torch.from_numpy(val[k * cfg.micro_batch:(k + 1) * cfg.micro_batch].astype(np.int64)).to(device)
-        if len(x) == 0:
-            break
-        with amp:
-            losses.append(float(model(x, labels=x).loss))
+    with amp:
+        losses = [float(model(b, labels=b).loss) for b in batches]
     model.train()
     return sum(losses) / len(losses) if losses else float("nan")
+
+
+def val_batches(val: np.ndarray, cfg, device) -> list[torch.Tensor]:
+    n = min(cfg.eval_batches, max(1, len(val) // cfg.micro_batch))
+    out = [torch.from_numpy(val[k * cfg.micro_batch:(k + 1) * cfg.micro_batch].astype(np.int64)).to(device)
+           for k in range(n)]
+    return [b for b in out if len(b)]
 
 
 @dataclass
@@ -187,15 +197,13 @@ class Job:
                    str(resume_dir(ctx)))
 
     def rows(self, split: str) -> np.ndarray:
-        files = self.train_files if split == "train" else self.val_files
-        row_bytes = self.index["seq_len"] * np.dtype(self.index["dtype"]).itemsize
-        for f in files:
-            size = os.path.getsize(f)
-            if size == 0 or size % row_bytes:
-                raise TrainingFailed(f"token shard {f} is {'empty' if size == 0 else 'truncated'} "
-                                     f"({size} bytes; rows are {row_bytes} bytes)")
-        maps = [np.memmap(f, dtype=self.index["dtype"], mode="r").reshape(-1, self.index["seq_len"]) for f in files]
-        return maps[0] if len(maps) == 1 else np.concatenate(maps)
+        from k2core.data.tokenize import read_rows
+
+        try:
+            return read_rows(self.train_files if split == "train" else self.val_files, self.index["dtype"],
+                             self.index["seq_len"])
+        except K2Error as e:
+            raise TrainingFailed(str(e)) from None
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
@@ -250,6 +258,7 @@ def train(job: Job, log, progress) -> dict[str, Any]:
     from k2core.config import PretrainConfig
     from k2core.model.config import flops_per_token
     from k2core.optim import MuonClip
+    from k2core.perf import matmul_peak
 
     cfg = PretrainConfig.model_validate(job.cfg)
     rank, world = _dist()
@@ -264,7 +273,8 @@ def train(job: Job, log, progress) -> dict[str, Any]:
     model = build_model(cfg, vocab, device)
     net = torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False) if world > 1 else model
     opt = MuonClip.for_model(model, cfg.optim)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    amp = autocast(device)
+    val = val_batches(val_rows, cfg, device)
     data = Batches(train_rows, cfg.micro_batch, cfg.seed, vocab)
     rdir = Path(job.resume)
     telemetry: list[dict[str, Any]] = []
@@ -279,14 +289,14 @@ def train(job: Job, log, progress) -> dict[str, Any]:
             log(f"pretrain: resuming from {path} (step {start} of {cfg.steps})")
     tokens_per_step = cfg.micro_batch * cfg.grad_accum * index["seq_len"]
     fpt = flops_per_token(model.config, index["seq_len"]) if device.type == "cuda" else None
-    peak = _peak_flops() * world if device.type == "cuda" else None
+    peak = matmul_peak(device) * world if device.type == "cuda" else None
     # tests only: die like kill -9 right after this step (a deterministic point to resume from)
     crash_at = int(os.environ.get("K2_TEST_CRASH_STEP", "0"))
     last_good = path
     with progress(total=cfg.steps, desc="pretrain", unit="step") as bar:
         bar.update(start)
         for step in range(start, cfg.steps):
-            val_loss = evaluate(model, val_rows, cfg, device, amp) if step % cfg.eval_every == 0 else None
+            val_loss = evaluate(model, val, amp) if step % cfg.eval_every == 0 else None
             t0 = time.perf_counter()
             lr = wsd_lr(step, cfg)
             for g in opt.param_groups:
@@ -333,7 +343,7 @@ def train(job: Job, log, progress) -> dict[str, Any]:
                     "telemetry": telemetry, "step": step + 1}, cfg.keep_checkpoints)
             if crash_at and step + 1 == crash_at:
                 os._exit(9)
-    final_val = evaluate(model, val_rows, cfg, device, amp)
+    final_val = evaluate(model, val, amp)
     if rank != 0:
         return {}
     return finish(job, cfg, model, telemetry, final_val, index, rdir)
@@ -382,18 +392,6 @@ def _imbalance(load: torch.Tensor | None) -> float | None:
         return None
     load = load.float()
     return float((load.max(dim=-1).values / load.mean(dim=-1).clamp(min=1e-9)).max())
-
-
-def _peak_flops() -> float:
-    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    for _ in range(2):
-        a @ a
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(5):
-        a @ a
-    torch.cuda.synchronize()
-    return 5 * 2 * 8192 ** 3 / (time.perf_counter() - t)
 
 
 def finish(job: Job, cfg, model, telemetry, final_val: float, index, rdir: Path) -> dict[str, Any]:
