@@ -107,12 +107,18 @@ class PretrainConfig(Section):
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="WSD: lr at the end, as a fraction of the peak")
     grad_clip: float | None = Field(1.0, gt=0, description="global gradient-norm clip (on gradients)")
     eval_every: int = Field(100, ge=1, description="validation loss every N steps")
+    log_every: int = Field(10, ge=1, description="a log line (loss, lr, tokens/s, MFU, max logit) every N steps")
     eval_batches: int = Field(8, ge=1)
     checkpoint_every: int = Field(100, ge=1, description="resumable checkpoint every N steps")
     keep_checkpoints: int = Field(2, ge=1)
     seed: int = 0
     device: str = Field("auto", description="auto | cpu | cuda")
     nproc: int = Field(1, ge=1, description="training processes (data parallel under torchrun; one per GPU)")
+    zero1: bool = Field(False, description="with nproc > 1: shard MuonClip's state over the ranks (ZeRO-1: "
+                                           "each rank updates its share of matrices, then broadcasts them)")
+    compile: bool = Field(True, description="torch.compile the model on GPUs (ignored on CPUs)")
+    max_minutes: float | None = Field(None, gt=0, description="stop after this many minutes of training even "
+                                                              "if steps remain (the schedule still spans `steps`)")
     min_loss_drop: float = Field(0.5, ge=0.0, description="gate: final val loss <= initial - this (nats)")
 
 
@@ -177,8 +183,8 @@ PROFILES: dict[str, dict[str, Any]] = {
              "pretrain": {"preset": "tiny", "steps": 300, "micro_batch": 16, "warmup_steps": 20,
                           "eval_every": 50, "checkpoint_every": 50, "optim": {"lr": 3e-3}}},
     "h200": {"ingest": {"max_docs": None},
-             "pretrain": {"preset": "h200", "steps": 2000, "micro_batch": 8, "eval_every": 200,
-                          "checkpoint_every": 500, "optim": {"lr": 1e-3}}},
+             "pretrain": {"preset": "h200", "steps": 600, "micro_batch": 8, "grad_accum": 16, "warmup_steps": 30,
+                          "eval_every": 100, "checkpoint_every": 250, "optim": {"lr": 1e-3}}},
     "cluster": {"ingest": {"max_docs": None, "shard_docs": 50_000}},
 }
 

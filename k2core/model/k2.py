@@ -68,7 +68,9 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     permutation, so their dot products equal the interleaved rotation's.
     """
     x1, x2 = x[..., 0::2], x[..., 1::2]
-    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+    # in x's dtype: fp32 cos / sin must not promote bf16 activations (that would keep q, k in fp32
+    # under autocast and off the fused attention kernels)
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
 
 
 # ---------------------------------------------------------------------------- attention

@@ -428,6 +428,31 @@ class MuonClip(torch.optim.Optimizer):
             kv[:, : a.d_nope].mul_(root.to(kv.dtype))
         return StepStats(max_logit=S, gamma=gamma, tau=tau)
 
+    # ------------------------------------------------------------------ checkpoints
+    def consolidated_state_dict(self, dst: int = 0) -> dict[str, Any] | None:
+        """The whole optimizer state on rank `dst` (None elsewhere); equal to the state dict of an
+        unsharded optimizer, so a sharded run's checkpoint resumes on any number of ranks.
+        Collective: every rank of the process group must call it."""
+        sd = self.state_dict()
+        if self.world == 1:
+            return sd
+        cpu = {k: {n: (t.cpu() if torch.is_tensor(t) else t) for n, t in v.items()} for k, v in sd["state"].items()}
+        parts: list[Any] | None = [None] * self.world if self.rank == dst else None
+        dist.gather_object(cpu, parts, dst=self._global(dst), group=self.process_group)
+        if self.rank != dst:
+            return None
+        sd["state"] = {k: v for part in parts for k, v in part.items()}
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a (consolidated or single-process) state dict, keeping only this rank's share."""
+        super().load_state_dict(state_dict)
+        if self.world > 1:
+            for g in self.param_groups:
+                for p in g["params"]:
+                    if self._owner[id(p)] != self.rank:
+                        self.state.pop(p, None)
+
     # ------------------------------------------------------------------ ZeRO-1 communication
     def _by_owner(self) -> dict[int, list[torch.Tensor]]:
         out: dict[int, list[torch.Tensor]] = defaultdict(list)

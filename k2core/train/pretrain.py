@@ -10,16 +10,18 @@ with the tokenizer.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import random
 import shutil
+import threading
 import time
 from pathlib import Path
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -182,19 +184,21 @@ class Job:
 
     @classmethod
     def from_ctx(cls, ctx: StageContext) -> "Job":
-        from k2core.data.tokenize import load_index
-
         art = ctx.inputs["tokenize"]
-        index = load_index(art)
-        files = {split: [str(art.path(s["file"])) for s in index["shards"] if s["split"] == split]
+        return cls.from_tokens(art.path, ctx.cfg, ctx.workdir, resume_dir(ctx))
+
+    @classmethod
+    def from_tokens(cls, path: Callable[[str], Any], cfg, workdir: Path, resume: Path) -> "Job":
+        """A job over a tokenize artifact; `path` maps the artifact's relative names to files."""
+        index = json.loads(Path(path("index.json")).read_text())
+        files = {split: [str(path(s["file"])) for s in index["shards"] if s["split"] == split]
                  for split in ("train", "val")}
         if not files["train"] or not files["val"]:
             raise TrainingFailed("the tokenize artifact needs a train and a val shard "
                                  f"(has {len(files['train'])} train, {len(files['val'])} val)")
-        toks = [str(art.path(f"tokenizer/{f}")) for f in ("tokenizer.json", "tokenizer_config.json",
-                                                          "special_tokens_map.json")]
-        return cls(ctx.cfg.model_dump(mode="json"), index, files["train"], files["val"], toks, str(ctx.workdir),
-                   str(resume_dir(ctx)))
+        toks = [str(path(f"tokenizer/{f}")) for f in ("tokenizer.json", "tokenizer_config.json",
+                                                      "special_tokens_map.json")]
+        return cls(cfg.model_dump(mode="json"), index, files["train"], files["val"], toks, str(workdir), str(resume))
 
     def rows(self, split: str) -> np.ndarray:
         from k2core.data.tokenize import read_rows
@@ -209,11 +213,11 @@ class Job:
 def run(ctx: StageContext) -> dict[str, Any]:
     job = Job.from_ctx(ctx)
     if ctx.cfg.nproc > 1:
-        return launch(job, ctx)
+        return launch(job, ctx.cfg.nproc, ctx.log, ctx.progress)
     return train(job, ctx.log, ctx.progress)
 
 
-def launch(job: Job, ctx: StageContext) -> dict[str, Any]:
+def launch(job: Job, nproc: int, log, progress) -> dict[str, Any]:
     """`nproc` training processes under torchrun (data parallel); rank 0 writes the outputs and
     a progress file this process turns into the progress bar / Prefect progress artifact."""
     import subprocess
@@ -221,12 +225,25 @@ def launch(job: Job, ctx: StageContext) -> dict[str, Any]:
 
     wd = Path(job.workdir)
     (wd / "job.json").write_text(json.dumps(job.__dict__))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ctx.cfg.nproc}",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            "-m", "k2core.train.pretrain", str(wd / "job.json")]
-    ctx.log("pretrain: launching " + " ".join(cmd[2:]))
+    log("pretrain: launching " + " ".join(cmd[2:]))
     done = 0
-    with ctx.progress(total=ctx.cfg.steps, desc=f"pretrain ({ctx.cfg.nproc} processes)", unit="step") as bar:
-        proc = subprocess.Popen(cmd)
+    steps = job.cfg["steps"]
+    tail: list[str] = []
+
+    def forward(stream) -> None:        # rank 0's "pretrain: ..." lines into the stage log
+        for line in stream:
+            if line.startswith("pretrain:"):
+                log(line.rstrip())
+            else:
+                sys.stderr.write(line)
+                tail[:] = [*tail[-40:], line]
+
+    with progress(total=steps, desc=f"pretrain ({nproc} processes)", unit="step") as bar:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        reader = threading.Thread(target=forward, args=(proc.stdout,), daemon=True)
+        reader.start()
         while proc.poll() is None:
             time.sleep(1.0)
             try:
@@ -235,11 +252,13 @@ def launch(job: Job, ctx: StageContext) -> dict[str, Any]:
                 continue
             bar.update(step - done)
             done = step
+        reader.join(timeout=10)
     (wd / "job.json").unlink(missing_ok=True)
     (wd / "progress.json").unlink(missing_ok=True)
     err = wd / "error.txt"
     if proc.returncode != 0:
-        msg = err.read_text() if err.exists() else f"training processes exited with status {proc.returncode}"
+        msg = err.read_text() if err.exists() else (f"training processes exited with status {proc.returncode}; "
+                                                   "their last output:\n" + "".join(tail[-20:]))
         raise TrainingFailed(msg)
     return json.loads((wd / "summary.json").read_text())
 
@@ -271,31 +290,40 @@ def train(job: Job, log, progress) -> dict[str, Any]:
     else:
         device = torch.device("cpu" if cfg.device == "auto" else cfg.device)
     model = build_model(cfg, vocab, device)
-    net = torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False) if world > 1 else model
-    opt = MuonClip.for_model(model, cfg.optim)
+    ddp = torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False) if world > 1 else None
+    net = ddp or model
+    if device.type == "cuda" and cfg.compile:
+        net = torch.compile(net)
+    zero1 = world > 1 and cfg.zero1
+    opt = MuonClip.for_model(model, cfg.optim, **({"process_group": dist.group.WORLD} if zero1 else {}))
     amp = autocast(device)
     val = val_batches(val_rows, cfg, device)
     data = Batches(train_rows, cfg.micro_batch, cfg.seed, vocab)
     rdir = Path(job.resume)
     telemetry: list[dict[str, Any]] = []
     start = 0
-    state, path = load_resume(rdir, log if rank == 0 else (lambda m: None))
+    if rank != 0:
+        log = lambda m: None  # noqa: E731 — rank 0 speaks for the job
+    state, path = load_resume(rdir, log)
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         _set_rng_state(state["rng"])
         telemetry, start = state["telemetry"], state["step"]
-        if rank == 0:
-            log(f"pretrain: resuming from {path} (step {start} of {cfg.steps})")
+        log(f"pretrain: resuming from {path} (step {start} of {cfg.steps})")
     tokens_per_step = cfg.micro_batch * cfg.grad_accum * index["seq_len"]
     fpt = flops_per_token(model.config, index["seq_len"]) if device.type == "cuda" else None
     peak = matmul_peak(device) * world if device.type == "cuda" else None
     # tests only: die like kill -9 right after this step (a deterministic point to resume from)
     crash_at = int(os.environ.get("K2_TEST_CRASH_STEP", "0"))
     last_good = path
+    began = time.perf_counter()
     with progress(total=cfg.steps, desc="pretrain", unit="step") as bar:
         bar.update(start)
         for step in range(start, cfg.steps):
+            if cfg.max_minutes is not None and step > start and _out_of_time(began, cfg.max_minutes, world, device):
+                log(f"pretrain: stopping at step {step} of {cfg.steps}: pretrain.max_minutes = {cfg.max_minutes}")
+                break
             val_loss = evaluate(model, val, amp) if step % cfg.eval_every == 0 else None
             t0 = time.perf_counter()
             lr = wsd_lr(step, cfg)
@@ -305,9 +333,12 @@ def train(job: Job, log, progress) -> dict[str, Any]:
             for micro in range(cfg.grad_accum):
                 x = data.micro_batch(step * cfg.grad_accum + micro)
                 x = x.chunk(world)[rank].to(device, non_blocking=True) if world > 1 else x.to(device)
-                with amp:
-                    out = net(x, labels=x, want_max_logits=True)
-                (out.loss / cfg.grad_accum).backward()
+                # DDP all-reduces gradients once per step, on the last micro-batch's backward
+                sync = ddp.no_sync() if ddp is not None and micro < cfg.grad_accum - 1 else contextlib.nullcontext()
+                with sync:
+                    with amp:
+                        out = net(x, labels=x, want_max_logits=True)
+                    (out.loss / cfg.grad_accum).backward()
                 loss_sum += out.loss.detach().float()
                 S = out.max_logits if S is None else torch.maximum(S, out.max_logits)
             if world > 1:                  # the global batch's loss, S_max and expert loads
@@ -335,18 +366,44 @@ def train(job: Job, log, progress) -> dict[str, Any]:
                    "expert_load_max_over_mean": _imbalance(load), "val_loss": val_loss}
             telemetry.append(row)
             bar.update(1)
+            if step == start or (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+                log(_log_line(row, cfg.steps, dt, first=step == start))
             if rank == 0 and world > 1:
                 _write_json(Path(job.workdir) / "progress.json", {"step": step + 1})
-            if rank == 0 and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-                last_good = save_resume(rdir, step + 1, {
-                    "model": model.state_dict(), "optimizer": opt.state_dict(), "rng": _rng_state(),
-                    "telemetry": telemetry, "step": step + 1}, cfg.keep_checkpoints)
+            if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+                osd = opt.consolidated_state_dict() if zero1 else opt.state_dict() if rank == 0 else None
+                if rank == 0:
+                    last_good = save_resume(rdir, step + 1, {
+                        "model": model.state_dict(), "optimizer": osd, "rng": _rng_state(),
+                        "telemetry": telemetry, "step": step + 1}, cfg.keep_checkpoints)
             if crash_at and step + 1 == crash_at:
                 os._exit(9)
     final_val = evaluate(model, val, amp)
     if rank != 0:
         return {}
     return finish(job, cfg, model, telemetry, final_val, index, rdir)
+
+
+def _log_line(row: dict[str, Any], steps: int, dt: float, first: bool) -> str:
+    parts = [f"pretrain: step {row['step'] + 1}/{steps}", f"loss {row['loss']:.4f}"]
+    if row["val_loss"] is not None:
+        parts.append(f"val {row['val_loss']:.4f}")
+    parts += [f"lr {row['lr']:.2e}", f"grad norm {row['grad_norm']:.3f}", f"{row['tokens_per_s']:,.0f} tokens/s"]
+    if row["mfu"] is not None:
+        parts.append(f"MFU {row['mfu']:.1%}")
+    parts.append(f"max logit {row['max_logit']:.1f} ({row['clipped_heads']} heads clipped)")
+    line = ", ".join(parts)
+    return f"{line} — first step {dt:.1f} s (includes compilation / warm-up)" if first else line
+
+
+def _out_of_time(began: float, minutes: float, world: int, device: torch.device) -> bool:
+    """Whether the time budget is spent — rank 0's clock decides for every rank."""
+    import torch.distributed as dist
+
+    over = torch.tensor(float(time.perf_counter() - began > 60.0 * minutes), device=device)
+    if world > 1:
+        dist.broadcast(over, src=0)
+    return bool(over)
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -366,7 +423,7 @@ def worker_main(job_path: str) -> int:
     dist.init_process_group(backend)
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.get_world_size()))
     try:
-        train(job, print, lambda **kw: _NoBar())
+        train(job, lambda m: print(m, flush=True), lambda **kw: _NoBar())
     except TrainingFailed as e:
         if dist.get_rank() == 0:
             (Path(job.workdir) / "error.txt").write_text(str(e))
@@ -407,7 +464,7 @@ def finish(job: Job, cfg, model, telemetry, final_val: float, index, rdir: Path)
     df.to_parquet(wd / "telemetry.parquet")
     plot(df, wd, final_val)
     vals = df.val_loss.dropna()           # each evaluated on the weights at the start of its step
-    metrics = {"steps": len(df), "initial_loss": float(df.loss.iloc[0]), "final_loss": float(df.loss.iloc[-10:].mean()),
+    metrics = {"steps": len(df), "planned_steps": cfg.steps, "initial_loss": float(df.loss.iloc[0]), "final_loss": float(df.loss.iloc[-10:].mean()),
                "initial_val_loss": float(vals.iloc[0]), "final_val_loss": final_val,
                "val_loss_drop": float(vals.iloc[0] - final_val),
                "nan_steps": int((~np.isfinite(df.loss)).sum()),

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from k2core.config import ConfigError, PipelineConfig, load_config, parse_override
@@ -60,3 +62,14 @@ def test_store_section_reads_environment(monkeypatch):
     monkeypatch.setenv("K2_S3_ENDPOINT_URL", "http://127.0.0.1:9000")
     cfg = PipelineConfig()
     assert cfg.store.uri == "s3://bucket/p" and cfg.store.s3_endpoint_url == "http://127.0.0.1:9000"
+
+
+def test_shipped_launch_configs_load_and_keep_the_global_batch():
+    """infra/launch/*.yaml are valid configs; the 2-GPU one keeps h200's global batch and its
+    per-GPU forward size (the setting measured in docs/benchmarks.md)."""
+    root = Path(__file__).resolve().parents[2] / "infra" / "launch"
+    one = load_config(config_file=root / "h200.yaml").pretrain
+    two = load_config(config_file=root / "h200x2.yaml").pretrain
+    assert (one.nproc, two.nproc) == (1, 2) and one.preset == two.preset == "h200"
+    assert one.micro_batch * one.grad_accum == two.micro_batch * two.grad_accum
+    assert two.micro_batch // two.nproc == one.micro_batch

@@ -10,6 +10,7 @@ Used by test_muonclip.py: the sharded and DeepSpeed runs are compared with the s
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -56,11 +57,13 @@ def main() -> None:
         rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
         # stage 0: DeepSpeed all-reduces gradients; MuonClip shards its own state over the group
         opt = MuonClip.for_model(model, lr=0.02, qk_clip_tau=args.tau, process_group=torch.distributed.group.WORLD)
-        engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, config={
-            "train_micro_batch_size_per_gpu": BATCH // world if args.split else BATCH,
-            "gradient_accumulation_steps": 1, "zero_optimization": {"stage": args.zero_stage},
-            "zero_allow_untested_optimizer": True,
-            "gradient_clipping": 0.0})   # DeepSpeed 0.19 clips at 1.0 unless told otherwise
+        # the shipped config (infra/deepspeed/muonclip-zero0.json), sized for this test: fp32 on a CPU,
+        # no clipping (the single-process reference does not clip)
+        config = json.loads((Path(__file__).resolve().parents[3] / "infra/deepspeed/muonclip-zero0.json").read_text())
+        config.update({"train_micro_batch_size_per_gpu": BATCH // world if args.split else BATCH,
+                       "gradient_accumulation_steps": 1, "gradient_clipping": 0.0, "bf16": {"enabled": False}})
+        config["zero_optimization"]["stage"] = args.zero_stage
+        engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=config)
 
         def step_fn(ids):
             out = engine(ids, labels=ids, want_max_logits=True)

@@ -152,3 +152,55 @@ def test_two_processes_data_parallel_follow_the_single_process_curve(upstream):
     np.testing.assert_allclose(b.loss[:6], a.loss[:6], rtol=2e-2)
     m = store.artifact("pretrain", two[-1].version).metrics
     assert m["final_val_loss"] < m["initial_val_loss"] - 0.1
+
+
+def _weights(store, outcome) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(store.artifact("pretrain", outcome.version).path("model/model.safetensors"))
+
+
+@pytest.mark.slow
+def test_zero1_equals_the_unsharded_run_and_resumes_from_a_consolidated_checkpoint(upstream, monkeypatch):
+    """pretrain.zero1: MuonClip's state split over 2 ranks gives the unsharded 2-process weights;
+    a crash after step 6 resumes from the step-4 checkpoint (state gathered on rank 0) to the same."""
+    tmp, src = upstream
+    sets = [f"ingest.source={src}", "pretrain.nproc=2", "pretrain.seed=7"]
+    full, store = run(str(tmp / "store"), ["pretrain"], sets)
+    monkeypatch.setenv("K2_TEST_CRASH_STEP", "6")
+    with pytest.raises(TrainingFailed, match="exited with status"):
+        run(str(tmp / "store"), ["pretrain"], [*sets, "pretrain.zero1=true"])
+    monkeypatch.delenv("K2_TEST_CRASH_STEP")
+    logs: list[str] = []
+    from k2core.config import load_config
+    from k2core.stage import execute, plan
+    from tests.k2core.train.stages import SMALL
+
+    cfg = load_config(overrides=[*SMALL, *sets, "pretrain.zero1=true"])
+    [p] = plan(cfg, store, ["pretrain"])
+    sharded = execute(p, cfg, store, log=logs.append)
+    assert any("resuming from" in m and "step-0000004.pt" in m for m in logs), logs
+    a, b = _weights(store, full[-1]), _weights(store, sharded)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_max_minutes_stops_early_and_log_lines_report_progress(upstream):
+    tmp, src = upstream
+    from k2core.config import load_config
+    from k2core.stage import execute, plan
+    from tests.k2core.train.stages import SMALL
+
+    cfg = load_config(overrides=[*SMALL, f"ingest.source={src}", "pretrain.max_minutes=0.00001",
+                                 "pretrain.min_loss_drop=0", "pretrain.log_every=5"])
+    store_path = tmp / "store"
+    from k2core.store import open_store
+
+    store = open_store(str(store_path))
+    logs: list[str] = []
+    outs = [execute(p, cfg, store, log=logs.append) for p in plan(cfg, store, ["pretrain"])]
+    m = store.artifact("pretrain", outs[-1].version).metrics
+    assert (m["steps"], m["planned_steps"]) == (1, 12)          # at least one step, then the budget
+    assert any(line.startswith("pretrain: step 1/12, loss ") and "first step" in line for line in logs), logs
+    assert any("stopping at step 1 of 12: pretrain.max_minutes" in line for line in logs), logs
