@@ -35,13 +35,14 @@ vllm-env: $(VLLM_STAMP)
 
 # System packages: bubblewrap (the sandbox's isolation layer) and Debian's python3 (the
 # sandbox's interpreter, outside /root so an unprivileged uid can run it); util-linux gives
-# prlimit and unshare. Installed with apt when missing (as root, or through sudo).
-SYSPKGS := bubblewrap python3 util-linux
+# prlimit and unshare; chromium is the browser the Prefect UI test drives (Playwright, headless).
+# Installed with apt when missing (as root, or through sudo).
+SYSPKGS := bubblewrap python3 util-linux chromium
 sysdeps:
-	@if command -v bwrap >/dev/null && [ -x /usr/bin/python3 ] && command -v prlimit >/dev/null; then :; \
+	@if command -v bwrap >/dev/null && [ -x /usr/bin/python3 ] && command -v prlimit >/dev/null && command -v chromium >/dev/null; then :; \
 	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSPKGS); \
 	elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSPKGS); \
-	else echo "WARNING: cannot install $(SYSPKGS); the sandbox falls back to a weaker isolation layer"; fi
+	else echo "WARNING: cannot install $(SYSPKGS); the sandbox falls back to a weaker isolation layer and the UI test fails"; fi
 
 # The whole pipeline on the embedded default: tiny CPU profile, local store, Prefect's ephemeral API.
 demo: $(STAMP)

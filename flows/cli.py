@@ -111,24 +111,14 @@ def cmd_run(args) -> int:
 
 
 def cmd_rerun(args) -> int:
-    from k2core.runs import load_run
-    from k2core.stage import K2Error, get_stage
+    from k2core.runs import load_run, upstream_of
 
     store = _store(args)
     record = load_run(store, args.run)
-    spec = get_stage(args.stage)
     base = dict(record.config)
     base.pop("store", None)  # the store is where we read the run from, not where it once ran
     cfg = _config(args, base=base)
-    pinned = {}
-    for dep in spec.inputs:
-        try:
-            version = record.stage(dep).version
-        except KeyError:
-            raise K2Error(f"run {args.run} has no {dep} stage to take {args.stage}'s input from") from None
-        if not store.has_artifact(dep, version):
-            raise K2Error(f"run {args.run}'s {dep}/{version} is not committed in {store.uri}")
-        pinned[dep] = version
+    pinned = upstream_of(store, args.stage, args.run)
     return _run_pipeline(args, cfg, store, stages=args.stage, pinned=pinned, rerun_of=args.run)
 
 
@@ -301,6 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
     from flows.cli_experiment import register as register_experiment
 
     register_experiment(sub)
+
+    from flows.cli_server import register as register_server
+
+    register_server(sub)
 
     sp = sub.add_parser("config", help="print the resolved config")
     common(sp, cfg_opts=True)

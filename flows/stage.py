@@ -9,7 +9,7 @@ from prefect.runtime import flow_run
 from prefect.states import Failed, State
 
 from k2core.config import PipelineConfig
-from k2core.runs import RunRecorder, new_run_id
+from k2core.runs import RunRecorder, new_run_id, upstream_of
 from k2core.stage import GateFailed, K2Error, get_stage
 from k2core.store import open_store
 from tasks.stage import execute_stage, plan_stage, publish_plots, publish_summary
@@ -20,12 +20,14 @@ def open_config_store(cfg: PipelineConfig):
 
 
 def run_stage(name: str, config: PipelineConfig, force: bool = False, run_id: str | None = None,
-              inputs: dict[str, str] | None = None) -> dict[str, Any] | State:
+              inputs: dict[str, str] | None = None, rerun_of: str | None = None) -> dict[str, Any] | State:
     """Plan -> execute -> publish one stage, recording it in the run record."""
     store = open_config_store(config)
     fr_id = str(flow_run.id) if flow_run.id else None
     recorder = RunRecorder.load(store, run_id) if run_id else None
     try:
+        if rerun_of and not inputs:
+            inputs = upstream_of(store, name, rerun_of)
         planned = plan_stage(config, store, name, inputs or {})
         if recorder is None:  # the stage flow triggered on its own (a per-stage deployment)
             recorder = RunRecorder.start(store, new_run_id(), config.model_dump(mode="json"), [planned],
@@ -59,7 +61,8 @@ def stage_flow(name: str):
 
     @flow(name=name, description=spec.description, validate_parameters=True)
     def _flow(config: PipelineConfig = PipelineConfig(), force: bool = False, run_id: str | None = None,
-              inputs: dict[str, str] | None = None) -> dict[str, Any] | State:
-        return run_stage(name, config, force, run_id, inputs)
+              inputs: dict[str, str] | None = None, rerun_of: str | None = None) -> dict[str, Any] | State:
+        """`rerun_of`: a k2 run id whose upstream artifacts this stage takes as inputs."""
+        return run_stage(name, config, force, run_id, inputs, rerun_of)
 
     return _flow

@@ -134,3 +134,20 @@ def lineage(store: Store, stage: str, version: str) -> dict[str, Any]:
             except StoreError:
                 node["inputs"].append({"stage": ref["stage"], "version": ref["version"], "missing": True})
     return node
+
+
+def upstream_of(store: Store, stage: str, run_id: str) -> dict[str, str]:
+    """The versions of `stage`'s inputs that an earlier run used (to rerun the stage against them)."""
+    from k2core.stage import get_stage
+
+    record = load_run(store, run_id)
+    out = {}
+    for dep in get_stage(stage).inputs:
+        try:
+            version = record.stage(dep).version
+        except KeyError:
+            raise K2Error(f"run {run_id} has no {dep} stage to take {stage}'s input from") from None
+        if not version or not store.has_artifact(dep, version):
+            raise K2Error(f"run {run_id}'s {dep}/{version} is not committed in {store.uri}")
+        out[dep] = version
+    return out

@@ -1,0 +1,143 @@
+"""`k2 server`, `k2 deploy`, `k2 worker`: run k2 from the Prefect UI.
+
+    k2 server                       # Prefect server + UI (SQLite under the k2 home), prints the URL
+    export PREFECT_API_URL=http://127.0.0.1:4200/api
+    k2 deploy                       # nightly pipeline + one deployment per stage, process work pool
+    k2 worker                       # runs what the UI / the schedule triggers
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from k2core.stage import K2Error
+
+
+def k2_home() -> Path:
+    return Path(os.environ.get("K2_HOME", "~/.k2")).expanduser()
+
+
+def _prefect_cmd() -> list[str]:
+    exe = Path(sys.executable).with_name("prefect")
+    if exe.exists():
+        return [str(exe)]
+    found = shutil.which("prefect")
+    if found is None:
+        raise K2Error("the `prefect` command is not installed in this environment (pip install prefect)")
+    return [found]
+
+
+def server_env(host: str, port: int, database_url: str | None) -> dict[str, str]:
+    home = k2_home() / "prefect"
+    home.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    # the UI asks the API at this URL (Prefect's default is port 4200); on all interfaces, same origin
+    ui_api = "/api" if host in ("0.0.0.0", "::") else f"http://{host}:{port}/api"
+    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               PREFECT_SERVER_API_HOST=host, PREFECT_SERVER_API_PORT=str(port),
+               PREFECT_UI_API_URL=env.get("K2_UI_API_URL", ui_api),
+               PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT="false",
+               PREFECT_API_DATABASE_CONNECTION_URL=database_url or f"sqlite+aiosqlite:///{home / 'prefect.db'}")
+    env.pop("PREFECT_API_URL", None)   # the server is the API; a client setting must not point it elsewhere
+    return env
+
+
+def cmd_server(args) -> int:
+    url = f"http://{args.host}:{args.port}"
+    env = server_env(args.host, args.port, args.database_url)
+    db = "PostgreSQL" if args.database_url and args.database_url.startswith("postgres") else \
+        ("the given database" if args.database_url else env["PREFECT_API_DATABASE_CONNECTION_URL"].split(":///")[-1])
+    print(f"k2: Prefect server with its UI at {url}  (database: {db})\n"
+          f"    in another shell:  export PREFECT_API_URL={url}/api;  k2 deploy;  k2 worker", flush=True)
+    cmd = [*_prefect_cmd(), "server", "start", "--host", args.host, "--port", str(args.port)]
+    os.execvpe(cmd[0], cmd, env)
+    return 0  # not reached
+
+
+def _api(args) -> str:
+    if args.api_url:
+        os.environ["PREFECT_API_URL"] = args.api_url
+    api = os.environ.get("PREFECT_API_URL")
+    if not api:
+        raise K2Error("no Prefect server: start one with `k2 server`, then export "
+                      "PREFECT_API_URL=http://127.0.0.1:4200/api (or pass --api-url)")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    import httpx
+
+    try:
+        ok = httpx.get(f"{api.rstrip('/')}/health", timeout=10).status_code == 200
+        err = None if ok else "no healthy answer"
+    except httpx.HTTPError as e:
+        err = str(e) or type(e).__name__
+    if err is not None:
+        raise K2Error(f"the Prefect server at {api} does not answer ({err}); is `k2 server` running?")
+    return api
+
+
+def cmd_deploy(args) -> int:
+    from flows.cli import _config
+    from flows.deploy import deploy
+    from k2core.report import table
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    api = _api(args)
+    cfg = _config(args)
+    with temporary_settings({PREFECT_API_URL: api}):     # this server, whatever Prefect loaded before
+        done = deploy(cfg, pool=args.pool, gpu_pool=args.gpu_pool, cron=args.cron, timezone=args.timezone,
+                      paused=args.paused)
+    print(table([{"deployment": d.name, "work pool": d.pool, "schedule": d.schedule or "-", "id": d.id}
+                 for d in done], ["deployment", "work pool", "schedule", "id"]))
+    ui = api.rstrip("/").removesuffix("/api")
+    pools = sorted({d.pool for d in done})
+    print(f"\n{len(done)} deployments at {ui}/deployments\n"
+          f"start a worker:  {'  and  '.join(f'k2 worker --pool {p}' for p in pools)}\n"
+          f"trigger now:     prefect deployment run 'k2-pipeline/nightly'   (or Run in the UI)")
+    return 0
+
+
+def cmd_worker(args) -> int:
+    _api(args)
+    env = dict(os.environ, GX_ANALYTICS_ENABLED="False", PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    cmd = [*_prefect_cmd(), "worker", "start", "--pool", args.pool, "--type", "process"]
+    if args.limit:
+        cmd += ["--limit", str(args.limit)]
+    print(f"k2: worker for pool {args.pool!r} → {os.environ['PREFECT_API_URL']}", flush=True)
+    os.execvpe(cmd[0], cmd, env)
+    return 0  # not reached
+
+
+def register(sub) -> None:
+    from flows.deploy import POOL
+
+    sp = sub.add_parser("server", help="start the Prefect server and its UI (SQLite under the k2 home)")
+    sp.add_argument("--host", default="127.0.0.1")
+    sp.add_argument("--port", type=int, default=4200)
+    sp.add_argument("--database-url", help="e.g. postgresql+asyncpg://user:pass@host/prefect "
+                                           "(default: SQLite under $K2_HOME, ~/.k2)")
+    sp.set_defaults(func=cmd_server)
+
+    sp = sub.add_parser("deploy", help="register the nightly pipeline and per-stage deployments on a server")
+    sp.add_argument("--api-url", help="Prefect API URL (default: $PREFECT_API_URL)")
+    sp.add_argument("--pool", default=POOL, help=f"process work pool (created if missing; default {POOL})")
+    sp.add_argument("--gpu-pool", help="a second process pool for GPU stages (pretrain) and the nightly "
+                                       "pipeline; run `k2 worker --pool NAME` on a GPU machine")
+    sp.add_argument("--cron", default="0 2 * * *", help="nightly schedule (default 0 2 * * *)")
+    sp.add_argument("--timezone", default="UTC", help="the schedule's time zone (default UTC)")
+    sp.add_argument("--paused", action="store_true", help="register the schedule paused")
+    sp.add_argument("--store", help="artifact store the deployments use (default: $K2_STORE or ./k2-store, "
+                                    "made absolute)")
+    sp.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
+                    help="config defaults of the deployments' parameter form (repeatable)")
+    sp.add_argument("--profile", help="tiny (default), h200 or cluster")
+    sp.add_argument("--config", metavar="FILE", help="YAML config file")
+    sp.set_defaults(func=cmd_deploy)
+
+    sp = sub.add_parser("worker", help="run a Prefect process worker for k2's deployments")
+    sp.add_argument("--api-url", help="Prefect API URL (default: $PREFECT_API_URL)")
+    sp.add_argument("--pool", default=POOL)
+    sp.add_argument("--limit", type=int, help="most flow runs at once")
+    sp.set_defaults(func=cmd_worker)
