@@ -139,3 +139,25 @@ def register(sub) -> None:
     sp.set_defaults(func=cmd_generate)
 
 
+    sp = sub.add_parser("serve", help="an OpenAI-compatible server (/v1/completions) over a checkpoint")
+    sp.add_argument("--checkpoint", required=True, metavar="DIR", help="a k2 checkpoint with tokenizer.json")
+    sp.add_argument("--host", default="127.0.0.1")
+    sp.add_argument("--port", type=int, default=8000)
+    sp.add_argument("--model-name", help="the model id clients send (default: the checkpoint's name)")
+    sp.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    sp.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args) -> int:
+    from k2core.infer.llm import LLMError, NativeLLM
+    from k2core.infer.server import serve
+
+    try:
+        llm = NativeLLM(args.checkpoint, device=args.device)
+    except LLMError as e:
+        raise SystemExit(f"k2 serve: {e}")
+    name = args.model_name or llm.model
+    print(f"k2: serving {args.checkpoint} as model {name!r} at http://{args.host}:{args.port}/v1 "
+          f"(POST /v1/completions, GET /v1/models)", flush=True)
+    serve(llm, name, args.host, args.port)
+    return 0
