@@ -122,6 +122,16 @@ class PretrainConfig(Section):
     min_loss_drop: float = Field(0.5, ge=0.0, description="gate: final val loss <= initial - this (nats)")
 
 
+class FidelityConfig(Section):
+    """Fidelity checks of rewritten text against its source (k2core/data/fidelity.py)."""
+
+    min_similarity: float = Field(0.7, ge=-1.0, le=1.0, description="cosine similarity (all-MiniLM-L6-v2) at least")
+    min_number_recall: float = Field(1.0, ge=0.0, le=1.0, description="share of the source's numbers kept")
+    min_entity_recall: float = Field(0.7, ge=0.0, le=1.0, description="share of the source's named entities kept")
+    min_length_ratio: float = Field(0.3, ge=0.0, description="rewrite chars / source chars at least")
+    max_length_ratio: float = Field(3.0, gt=0.0, description="rewrite chars / source chars at most")
+
+
 class OptimConfig(Section):
     """MuonClip (K2 §2.1): Muon for hidden matrices, AdamW for embeddings / head / norm gains,
     QK-Clip on the attention logits. Nested in the training stages' sections."""
