@@ -8,6 +8,7 @@ from k2core.stage import stages
 ingest = stage_flow("ingest")
 curate = stage_flow("curate")
 tokenize = stage_flow("tokenize")
+rephrase = stage_flow("rephrase")
 pretrain = stage_flow("pretrain")
 
 # stages registered after these (later issues) get a flow by name as well

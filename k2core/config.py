@@ -91,6 +91,40 @@ class TokenizeConfig(Section):
                                           "0.5 keeps half its documents (by id hash), 0 drops it; unlisted: 1.0")
     shard_rows: int = Field(65_536, ge=1, description="sequences per train shard")
     max_train_docs: int | None = Field(None, ge=1, description="documents used to train the tokenizer (None = all)")
+    rephrase_epochs: float = Field(1.0, ge=0.0, description="epochs of each accepted rephrasing (of training "
+                                                            "documents only) in the training stream")
+
+
+class RephraseConfig(Section):
+    """Curated knowledge / math documents -> rewritten versions, verified against their sources
+    (the `rephrase` stage; K2 §2.2). The teacher is an LLM engine; by default the newest committed
+    pretrain model in the store (the previous run's), else the stage records it skipped."""
+
+    enabled: bool = True
+    engine: Literal["native", "openai"] = Field("native", description="native: a k2 checkpoint; openai: a server")
+    checkpoint: str | None = Field(None, description="native: checkpoint dir (None = newest pretrain artifact)")
+    base_url: str | None = Field(None, description="openai: e.g. http://127.0.0.1:8000/v1")
+    model: str | None = Field(None, description="openai: the model id")
+    api_key_env: str | None = Field("OPENAI_API_KEY", description="openai: environment variable with the key")
+    timeout: float = Field(120.0, gt=0)
+    retries: int = Field(4, ge=0)
+    concurrency: int = Field(8, ge=1)
+    per_domain: dict[str, Annotated[int, Field(ge=0, le=20)]] = Field(
+        default_factory=lambda: {"prose": 1, "math": 1, "code": 0},
+        description="rephrasings per document by domain (unlisted: 0)")
+    styles: list[str] = Field(default_factory=lambda: ["encyclopedia", "qa", "explainer"],
+                              description="prompt templates for knowledge text (files in prompts_dir)")
+    math_style: str = Field("learning_note", description="the template for math-domain documents")
+    prompts_dir: str | None = Field(None, description="a directory of <style>.txt templates overriding the built-in")
+    chunk_chars: int = Field(1200, ge=100, description="rewrite long documents chunk by chunk (paragraph / sentence cuts)")
+    context_chars: int = Field(600, ge=0, description="the rewrite so far shown with each next chunk")
+    max_docs: int | None = Field(None, ge=1, description="rephrase at most this many documents")
+    max_tokens: int = Field(384, ge=1, description="tokens generated per chunk")
+    temperature: float = Field(0.7, ge=0.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    seed: int = 0
+    fidelity: "FidelityConfig" = Field(default_factory=lambda: FidelityConfig())
+    min_accept_rate: float = Field(0.05, ge=0.0, le=1.0, description="gate: accepted / generated rephrasings")
 
 
 class PretrainConfig(Section):
@@ -179,6 +213,7 @@ class PipelineConfig(Section):
     store: StoreConfig = Field(default_factory=StoreConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     curate: CurateConfig = Field(default_factory=CurateConfig)
+    rephrase: RephraseConfig = Field(default_factory=RephraseConfig)
     tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
 
@@ -189,6 +224,7 @@ class PipelineConfig(Section):
 # bring GPU training, Dask clusters and vLLM.
 PROFILES: dict[str, dict[str, Any]] = {
     "tiny": {"ingest": {"max_docs": 2000, "shard_docs": 1000},
+             "rephrase": {"max_docs": 40, "chunk_chars": 600, "max_tokens": 96, "min_accept_rate": 0.0},
              "tokenize": {"vocab_size": 4096, "seq_len": 128},
              "pretrain": {"preset": "tiny", "steps": 300, "micro_batch": 16, "warmup_steps": 20,
                           "eval_every": 50, "checkpoint_every": 50, "optim": {"lr": 3e-3}}},

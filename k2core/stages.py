@@ -18,12 +18,20 @@ CURATE = register(StageSpec(
     description="quality filters (Gopher, C4, FineWeb, code), exact + MinHash dedup, domain tags",
 ))
 
-from k2core.data import tokenize  # noqa: E402
+from k2core.data import rephrase, tokenize  # noqa: E402
 from k2core.train import pretrain  # noqa: E402
-from schemas.suites import pretrain_suite, tokenize_suite  # noqa: E402
+from schemas.suites import pretrain_suite, rephrase_suite, tokenize_suite  # noqa: E402
+
+REPHRASE = register(StageSpec(
+    name="rephrase", section="rephrase", inputs=("curate",),
+    run=rephrase.run, suite=rephrase_suite, code_version="1", gate_frame=rephrase.gate_frame,
+    fingerprint=rephrase.fingerprint,
+    modules=("k2core.data.rephrase", "k2core.data.fidelity", "k2core.infer.llm"),
+    description="knowledge / math documents rewritten chunk-wise by a teacher LLM, fidelity-verified",
+))
 
 TOKENIZE = register(StageSpec(
-    name="tokenize", section="tokenize", inputs=("curate",),
+    name="tokenize", section="tokenize", inputs=("curate", "rephrase"),
     run=tokenize.run, suite=tokenize_suite, code_version="1", gate_frame=tokenize.gate_frame,
     modules=("k2core.data.tokenize",),
     description="byte-level BPE tokenizer (K2 chat tokens reserved) + packed token shards + validation shard",

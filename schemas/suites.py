@@ -47,6 +47,24 @@ def curate_suite(cfg: Any) -> dict[str, Any]:
     }
 
 
+def rephrase_suite(cfg: Any) -> dict[str, Any]:
+    """Accepted rephrasings: well-formed (text, provenance, style); acceptance rate above the floor."""
+    return {
+        "name": "rephrase",
+        "columns": ["text", "source_id", "style", "domain", "accepted"],
+        "expectations": [
+            {"type": "ExpectColumnValuesToNotBeNull", "column": "text"},
+            {"type": "ExpectColumnValueLengthsToBeBetween", "column": "text", "min_value": 1},
+            {"type": "ExpectColumnValuesToNotBeNull", "column": "source_id"},
+            {"type": "ExpectColumnValuesToBeInSet", "column": "style", "value_set": [*cfg.styles, cfg.math_style]},
+            {"type": "ExpectColumnValuesToBeInSet", "column": "accepted", "value_set": [True]},
+        ],
+        "metric_checks": [
+            {"metric": "accept_rate_shortfall", "min": 0, "max": 0},   # accept_rate >= min_accept_rate
+        ],
+    }
+
+
 def tokenize_suite(cfg: Any) -> dict[str, Any]:
     """Per-shard table: no empty shard, ids inside the vocabulary; token accounting exact."""
     return {

@@ -68,6 +68,20 @@ def save_tokenizer(tok, out: Path, seq_len: int) -> None:
          **specials}, indent=1))
 
 
+def read_rephrasings(ctx: StageContext) -> list[dict[str, Any]]:
+    """Accepted rows of the `rephrase` input (none when the stage was skipped or is absent)."""
+    import pyarrow.parquet as pq
+
+    art = ctx.inputs.get("rephrase")
+    if art is None:
+        return []
+    rows = []
+    for rel in art.files("data/"):
+        rows += pq.read_table(art.path(rel), columns=["id", "text", "domain", "source_id"]).to_pylist()
+    rows.sort(key=lambda r: r["id"])
+    return rows
+
+
 def run(ctx: StageContext) -> dict[str, Any]:
     cfg = ctx.cfg
     docs = read_documents(ctx)
@@ -103,8 +117,14 @@ def run(ctx: StageContext) -> dict[str, Any]:
                 expected += len(e.ids) + 1
         return (np.concatenate(parts) if parts else np.zeros(0, dtype)), n_docs, expected
 
+    # accepted rephrasings of training documents (never of held-out ones), `rephrase_epochs` each
+    reph = [r for r in read_rephrasings(ctx) if r["source_id"] not in val_ids]
     with ctx.progress(total=2, desc="tokenize: encoding + packing") as bar:
         train_ids, train_docs, expected = stream(train, mixture)
+        if reph:
+            r_ids, r_docs, r_expected = stream(reph, {r["domain"]: cfg.rephrase_epochs for r in reph})
+            train_ids, train_docs, expected = np.concatenate([train_ids, r_ids]), train_docs + r_docs, \
+                expected + r_expected
         bar.update(1)
         val_ids_arr, _, _ = stream(val, None)
         bar.update(1)
@@ -131,12 +151,14 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     pd.DataFrame(shards, columns=["file", "split", "rows", "tokens", "max_id"]).to_parquet(out / "shards.parquet")
     index = {"dtype": np.dtype(dtype).name, "seq_len": L, "vocab_size": vocab, "eos_id": eos,
-             "pad_id": tok.token_to_id(PAD), "shards": shards, "mixture": mixture}
+             "pad_id": tok.token_to_id(PAD), "shards": shards, "mixture": mixture,
+             "rephrasings": len(reph), "rephrase_epochs": cfg.rephrase_epochs}
     (ctx.workdir / "index.json").write_text(json.dumps(index, indent=1))
     written = sum(s["tokens"] for s in shards if s["split"] == "train")
     on_disk = sum((ctx.workdir / s["file"]).stat().st_size // np.dtype(dtype).itemsize
                   for s in shards if s["split"] == "train")
     return {"documents": len(docs), "train_documents": len(train), "val_documents": len(val),
+            "rephrasings_used": len(reph),
             "train_document_epochs": train_docs, "vocab_size": vocab, "seq_len": L,
             "stream_tokens": int(len(train_ids)), "train_tokens": written, "train_rows": rows,
             "dropped_tail_tokens": int(len(train_ids) - written), "val_rows": vrows,

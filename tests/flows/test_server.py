@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = ROOT / "test-artifacts" / "ui"
 # small but real: the tiny profile, fewer documents and steps
 SMALL = ["ingest.max_docs=300", "pretrain.steps=30", "pretrain.eval_every=10", "pretrain.min_loss_drop=0.1",
-         "curate.dask_workers=1"]
+         "curate.dask_workers=1", "rephrase.enabled=false"]     # (rephrase: tests/k2core/data/test_rephrase.py)
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
@@ -123,7 +123,7 @@ def test_deployments_schedule_and_typed_parameters(server):
         assert cfg["store"]["uri"] == str(server["store"]) and cfg["ingest"]["max_docs"] == 300
         schema = dep.parameter_openapi_schema
         assert "config" in schema["properties"] and schema["definitions"]["PretrainConfig"]["properties"]["steps"]
-        for stage in ("ingest", "curate", "tokenize", "pretrain"):
+        for stage in ("ingest", "curate", "rephrase", "tokenize", "pretrain"):
             assert c.read_deployment_by_name(f"{stage}/on-demand").work_pool_name == "k2-process"
         # an invalid value is refused by the server before anything runs
         bad = {**cfg, "pretrain": {**cfg["pretrain"], "steps": 0}}
@@ -142,16 +142,16 @@ def test_pipeline_deployment_runs_on_the_worker_then_a_nightly_rerun_is_incremen
     fr = _wait(api, fr.id)
     assert fr.state.is_completed(), (fr.state.message, (server["tmp"] / "worker.log").read_text()[-4000:])
     kids = {k.flow_id: k for k in _children(api, fr.id)}
-    assert len(kids) == 4 and all(k.state.is_completed() for k in kids.values())
+    assert len(kids) == 5 and all(k.state.is_completed() for k in kids.values())
     with _client(api) as c:
         names = {c.read_flow(k.flow_id).name for k in kids.values()}
         keys = {a.key for a in c.read_artifacts(artifact_filter=ArtifactFilter(
             flow_run_id=ArtifactFilterFlowRunId(any_=[k.id for k in kids.values()])))}
-    assert names == {"ingest", "curate", "tokenize", "pretrain"}
+    assert names == {"ingest", "curate", "rephrase", "tokenize", "pretrain"}
     assert {"k2-pretrain-summary", "k2-pretrain-gate", "k2-pretrain-plots", "k2-ingest-summary"} <= keys
     store = open_store(str(server["store"]))
     [rec] = [r for r in list_runs(store) if r.flow_run_id == str(fr.id)]
-    assert rec.status == "completed" and [s.status for s in rec.stages] == ["computed"] * 4
+    assert rec.status == "completed" and [s.status for s in rec.stages] == ["computed"] * 5
 
     # the nightly schedule's next run, now: nothing changed -> every stage a cache hit; then a
     # changed pretrain setting recomputes pretrain alone, and the record says why
@@ -162,13 +162,13 @@ def test_pipeline_deployment_runs_on_the_worker_then_a_nightly_rerun_is_incremen
     again = _wait(api, again.id)
     assert again.state.is_completed()
     [rec] = [r for r in list_runs(store) if r.flow_run_id == str(again.id)]
-    assert [s.status for s in rec.stages] == ["cache_hit"] * 4
+    assert [s.status for s in rec.stages] == ["cache_hit"] * 5
     with _client(api) as c:
         third = c.create_flow_run_from_deployment(dep.id, parameters={"config": changed})
     third = _wait(api, third.id)
     assert third.state.is_completed()
     [rec] = [r for r in list_runs(store) if r.flow_run_id == str(third.id)]
-    assert [s.status for s in rec.stages] == ["cache_hit"] * 3 + ["computed"]
+    assert [s.status for s in rec.stages] == ["cache_hit"] * 4 + ["computed"]
     assert rec.stages[-1].reason == "config changed: pretrain.steps"
 
 

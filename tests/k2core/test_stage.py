@@ -25,8 +25,9 @@ def run_all(cfg, store, names, **kw):
 
 
 def test_select_stages(toy_stages):
-    assert select_stages(None)[:5] == ["ingest", "curate", "tokenize", "pretrain", "toy_wc"]
-    assert select_stages("ingest..toy_strict") == ["ingest", "curate", "tokenize", "pretrain", "toy_wc", "toy_strict"]
+    assert select_stages(None)[:6] == ["ingest", "curate", "rephrase", "tokenize", "pretrain", "toy_wc"]
+    assert select_stages("ingest..toy_strict") == ["ingest", "curate", "rephrase", "tokenize", "pretrain", "toy_wc",
+                                                   "toy_strict"]
     assert select_stages("toy_strict,ingest") == ["ingest", "toy_strict"]
     assert select_stages("toy_wc..") == ["toy_wc", "toy_strict", "toy_after"]
     with pytest.raises(K2Error, match="unknown stage 'nope'"):

@@ -21,7 +21,7 @@ from tests.k2core.train.stages import corpus_rows, run
 def built(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("tok")
     src = write_jsonl(tmp / "corpus.jsonl", corpus_rows())
-    outs, store = run(str(tmp / "store"), ["ingest", "curate", "tokenize"], [f"ingest.source={src}"])
+    outs, store = run(str(tmp / "store"), ["ingest", "curate", "rephrase", "tokenize"], [f"ingest.source={src}"])
     return tmp, src, outs, store
 
 

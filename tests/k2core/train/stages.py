@@ -31,7 +31,7 @@ def corpus_rows(n_prose: int = 60, n_code: int = 12, seed: int = 0) -> list[dict
     return rows
 
 
-SMALL = ["curate.dask_workers=1", "tokenize.vocab_size=600", "tokenize.seq_len=32", "tokenize.val_fraction=0.1",
+SMALL = ["curate.dask_workers=1", "rephrase.enabled=false", "tokenize.vocab_size=600", "tokenize.seq_len=32", "tokenize.val_fraction=0.1",
          "pretrain.steps=12", "pretrain.micro_batch=4", "pretrain.eval_every=4", "pretrain.eval_batches=2",
          "pretrain.checkpoint_every=4", "pretrain.warmup_steps=2", "pretrain.min_loss_drop=0.1",
          "pretrain.optim.lr=0.01"]

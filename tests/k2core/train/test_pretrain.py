@@ -73,7 +73,7 @@ def test_empty_or_truncated_shards_are_named(tmp_path):
 def upstream(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pre")
     src = write_jsonl(tmp / "corpus.jsonl", corpus_rows())
-    run(str(tmp / "store"), ["ingest", "curate", "tokenize"], [f"ingest.source={src}"])
+    run(str(tmp / "store"), ["ingest", "curate", "rephrase", "tokenize"], [f"ingest.source={src}"])
     return tmp, src
 
 

@@ -1,0 +1,262 @@
+"""The `rephrase` stage (K2 §2.2): knowledge and math documents rewritten by a teacher LLM, chunk by
+chunk and autoregressively, each rewrite verified against its source.
+
+- Documents of the domains in ``per_domain`` get that many rephrasings; each rephrasing takes a
+  style (knowledge: ``styles`` in turn, offset by the document id; math: ``math_style``).
+- Long documents are cut at paragraph, then sentence boundaries into chunks of ≤ ``chunk_chars``;
+  chunk k is rewritten with the end of the rewrite of chunks < k in its prompt; the rewrites are
+  concatenated. All rephrasings advance together, one batched generate call per chunk index.
+- Every chunk goes through :class:`~k2core.data.fidelity.Verifier`; a rephrasing is accepted when
+  all its chunks pass. Rejected ones are kept in ``rejects/`` with their reasons.
+- The teacher: ``engine`` native (``checkpoint``, or the newest committed pretrain model in the
+  store that was trained on raw text — so a nightly rerun settles into cache hits instead of each
+  model teaching the next) or openai (``base_url`` + ``model``). With no teacher the stage
+  writes an empty output and records ``skipped: no teacher model``; the pipeline continues on raw
+  text. Nothing is ever canned.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import string
+import time
+from pathlib import Path
+from typing import Any
+
+from k2core.config import PipelineConfig
+from k2core.stage import K2Error, StageContext
+
+PROMPTS = Path(__file__).parent / "prompts" / "rephrase"
+STOPS = ["\n\nPassage:", "<|endoftext|>", "\n\nBelow is"]
+COLUMNS = ["id", "text", "domain", "source_id", "style", "rephrasing", "n_chunks", "similarity_min",
+           "similarity_mean", "number_recall_min", "entity_recall_min", "accepted", "reasons", "teacher"]
+
+
+# ---------------------------------------------------------------------------- teacher
+def resolve_teacher(cfg: PipelineConfig) -> dict[str, Any] | None:
+    """Which model rewrites: an identity that goes into the stage version (a new teacher, a new
+    version), or None when there is none."""
+    rc = cfg.rephrase
+    if not rc.enabled:
+        return None
+    if rc.engine == "openai":
+        if not rc.base_url or not rc.model:
+            raise K2Error("rephrase.engine = openai needs rephrase.base_url and rephrase.model")
+        return {"engine": "openai", "base_url": rc.base_url, "model": rc.model}
+    if rc.checkpoint:
+        path = Path(rc.checkpoint).expanduser().resolve()
+        if not (path / "config.json").exists():
+            raise K2Error(f"rephrase.checkpoint = {rc.checkpoint}: no config.json there")
+        return {"engine": "native", "checkpoint": str(path), "mtime": int((path / "config.json").stat().st_mtime)}
+    from k2core.store import open_store
+
+    store = open_store(cfg.store.uri, cfg.store.s3_endpoint_url, cfg.store.s3_region)
+    newest = None
+    for stage, version in store.artifacts("pretrain"):
+        m = store.artifact(stage, version).manifest
+        if not _trained_on_raw_text(store, m):
+            continue
+        if newest is None or m.get("created_at", "") > newest[1]:
+            newest = (version, m.get("created_at", ""))
+    if newest is None:
+        return None
+    model = Path(str(store.artifact("pretrain", newest[0]).path("model")))
+    if not (model / "tokenizer.json").exists():       # e.g. an S3 store: no local checkpoint to load
+        return None
+    return {"engine": "native", "pretrain_version": newest[0], "checkpoint": str(model)}
+
+
+def _trained_on_raw_text(store, manifest: dict[str, Any]) -> bool:
+    """Teachers are models trained without rephrasings: otherwise every retrain would make a new
+    teacher, whose rephrasings make a new model, and reruns would never become cache hits."""
+    tok = manifest.get("inputs", {}).get("tokenize", {}).get("version")
+    if tok is None or not store.has_artifact("tokenize", tok):
+        return False
+    return not store.artifact("tokenize", tok).metrics.get("rephrasings_used", 0)
+
+
+def fingerprint(cfg: PipelineConfig) -> dict[str, Any]:
+    return {"teacher": resolve_teacher(cfg)}
+
+
+def describe(teacher: dict[str, Any] | None) -> str:
+    if teacher is None:
+        return "none"
+    if teacher["engine"] == "openai":
+        return f"openai:{teacher['model']} at {teacher['base_url']}"
+    return f"native:pretrain/{teacher['pretrain_version']}" if "pretrain_version" in teacher \
+        else f"native:{teacher['checkpoint']}"
+
+
+# ---------------------------------------------------------------------------- text
+def split_chunks(text: str, limit: int) -> list[str]:
+    """Cut at paragraph boundaries, then sentence boundaries, then hard; each chunk ≤ limit chars."""
+    def pieces(block: str, seps: list[str]) -> list[str]:
+        if len(block) <= limit:
+            return [block]
+        if not seps:
+            return [block[i:i + limit] for i in range(0, len(block), limit)]
+        parts = re.split(seps[0], block)
+        out: list[str] = []
+        for p in parts:
+            out += pieces(p, seps[1:]) if len(p) > limit else [p]
+        return out
+
+    units = [u for u in pieces(text.strip(), [r"\n\s*\n", r"(?<=[.!?])\s+"]) if u.strip()]
+    chunks, cur = [], ""
+    for u in units:
+        if cur and len(cur) + 1 + len(u) > limit:
+            chunks.append(cur)
+            cur = u
+        else:
+            cur = f"{cur}\n\n{u}" if cur and "\n" in text else (f"{cur} {u}" if cur else u)
+    if cur:
+        chunks.append(cur)
+    return chunks
+
+
+def load_templates(cfg) -> dict[str, string.Template]:
+    names = {*cfg.styles, cfg.math_style}
+    out = {}
+    for name in sorted(names):
+        for folder in ([Path(cfg.prompts_dir)] if cfg.prompts_dir else []) + [PROMPTS]:
+            f = folder / f"{name}.txt"
+            if f.exists():
+                out[name] = string.Template(f.read_text())
+                break
+        else:
+            raise K2Error(f"rephrase: no template {name}.txt in "
+                          f"{cfg.prompts_dir + ' or ' if cfg.prompts_dir else ''}{PROMPTS}")
+    return out
+
+
+def _pick(doc_id: str, k: int, styles: list[str]) -> str:
+    return styles[(int(hashlib.sha256(doc_id.encode()).hexdigest()[:8], 16) + k) % len(styles)]
+
+
+# ---------------------------------------------------------------------------- the stage
+def run(ctx: StageContext) -> dict[str, Any]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from k2core.data.tokenize import read_documents
+
+    cfg = ctx.cfg
+    t0 = time.monotonic()
+    (ctx.workdir / "data").mkdir()
+    (ctx.workdir / "rejects").mkdir()
+    docs = read_documents(ctx)
+    eligible = [d for d in docs if cfg.per_domain.get(d["domain"], 0) > 0][: cfg.max_docs]
+    teacher = resolve_teacher(ctx.pipeline)
+    schema = pa.schema([(c, pa.bool_() if c == "accepted" else pa.int64() if c in ("rephrasing", "n_chunks")
+                         else pa.float64() if c.endswith(("_min", "_mean")) else pa.string()) for c in COLUMNS])
+    base = {"documents_in": len(docs), "eligible_documents": len(eligible), "teacher": describe(teacher)}
+    if teacher is None or not eligible:
+        why = ("skipped: rephrase.enabled = false" if not cfg.enabled else
+               "skipped: no teacher model (no pretrain artifact yet; the run continues on raw text)"
+               if teacher is None else "skipped: no documents of the rephrased domains")
+        ctx.log(f"rephrase: {why}")
+        pq.write_table(pa.Table.from_pylist([], schema), ctx.workdir / "data" / "rephrased-00000.parquet")
+        return {**base, "status": why, "rephrasings": 0, "accepted": 0, "accept_rate_shortfall": 0.0}
+
+    from k2core.data.fidelity import REASONS, Verifier
+    from k2core.infer.llm import TextParams, open_llm
+
+    templates = load_templates(cfg)
+    if teacher["engine"] == "openai":
+        llm = open_llm("openai", base_url=teacher["base_url"], model=teacher["model"], api_key_env=cfg.api_key_env,
+                       timeout=cfg.timeout, retries=cfg.retries, concurrency=cfg.concurrency)
+    else:
+        llm = open_llm("native", checkpoint=teacher["checkpoint"])
+    ctx.log(f"rephrase: teacher {describe(teacher)}; {len(eligible)} documents")
+    jobs = []          # one per rephrasing: source doc, style, source chunks, rewritten chunks
+    for d in eligible:
+        for k in range(cfg.per_domain[d["domain"]]):
+            style = cfg.math_style if d["domain"] == "math" else _pick(d["id"], k, cfg.styles)
+            jobs.append({"doc": d, "k": k, "style": style, "src": split_chunks(d["text"], cfg.chunk_chars), "out": []})
+    n_rounds = max(len(j["src"]) for j in jobs)
+    generated = 0
+    with ctx.progress(total=sum(len(j["src"]) for j in jobs), desc="rephrase: chunks", unit="chunk") as bar:
+        for r in range(n_rounds):
+            live = [j for j in jobs if r < len(j["src"])]
+            prompts = [templates[j["style"]].safe_substitute(
+                passage=j["src"][r], previous=" ".join(j["out"])[-cfg.context_chars:] if j["out"] else "the start")
+                for j in live]
+            params = TextParams(max_tokens=cfg.max_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                                seed=cfg.seed + r, stop=STOPS)
+            for j, c in zip(live, llm.generate(prompts, params, progress=False)):
+                j["out"].append(c.text.strip())
+                generated += c.completion_tokens or 0
+            bar.update(len(live))
+    verifier = Verifier(cfg.fidelity)
+    flat = [(j, i) for j in jobs for i in range(len(j["src"]))]
+    verdicts = verifier.check([j["src"][i] for j, i in flat], [j["out"][i] for j, i in flat])
+    by_job: dict[int, list] = {}
+    for (j, _), v in zip(flat, verdicts):
+        by_job.setdefault(id(j), []).append(v)
+    rows, reason_counts = [], {r: 0 for r in REASONS}
+    for v in verdicts:
+        for r in v.reasons:
+            reason_counts[r] += 1
+    desc = describe(teacher)
+    for j in jobs:
+        vs = by_job[id(j)]
+        sims = [v.similarity for v in vs if v.similarity is not None]
+        text = "\n\n".join(j["out"])
+        reasons = sorted({r for v in vs for r in v.reasons})
+        rows.append({"id": hashlib.sha256(f"{j['doc']['id']}:{j['style']}:{j['k']}:{text}".encode()).hexdigest()[:32],
+                     "text": text, "domain": j["doc"]["domain"], "source_id": j["doc"]["id"], "style": j["style"],
+                     "rephrasing": j["k"], "n_chunks": len(vs), "similarity_min": min(sims) if sims else None,
+                     "similarity_mean": sum(sims) / len(sims) if sims else None,
+                     "number_recall_min": min(v.number_recall for v in vs),
+                     "entity_recall_min": min(v.entity_recall for v in vs),
+                     "accepted": not reasons, "reasons": ",".join(reasons), "teacher": desc})
+    ok = [r for r in rows if r["accepted"]]
+    pq.write_table(pa.Table.from_pylist(ok, schema), ctx.workdir / "data" / "rephrased-00000.parquet")
+    pq.write_table(pa.Table.from_pylist([r for r in rows if not r["accepted"]], schema),
+                   ctx.workdir / "rejects" / "rejected-00000.parquet")
+    chunk_sims = [v.similarity for v in verdicts if v.similarity is not None]
+    rate = len(ok) / len(rows)
+    plot(chunk_sims, reason_counts, cfg.fidelity.min_similarity, ctx.workdir / "rephrase.png", desc)
+    qs = _quantiles(chunk_sims)
+    (ctx.workdir / "report.json").write_text(json.dumps({"teacher": teacher, "reasons": reason_counts,
+                                                         "similarity_quantiles": qs}, indent=1))
+    return {**base, "status": "rephrased", "rephrasings": len(rows), "accepted": len(ok), "accept_rate": rate,
+            "accept_rate_shortfall": max(0.0, cfg.min_accept_rate - rate), "chunks": len(verdicts),
+            "generated_tokens": generated, "seconds": round(time.monotonic() - t0, 1),
+            **{f"rejected_chunks_{r}": n for r, n in reason_counts.items()},
+            **{f"similarity_{k}": v for k, v in qs.items()}}
+
+
+def _quantiles(xs: list[float]) -> dict[str, float]:
+    if not xs:
+        return {}
+    s = sorted(xs)
+    return {name: round(s[min(len(s) - 1, int(q * len(s)))], 4) for name, q in
+            (("p10", 0.1), ("p50", 0.5), ("p90", 0.9))}
+
+
+def plot(sims: list[float], reasons: dict[str, int], threshold: float, out: Path, teacher: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8), dpi=110)
+    a.hist(sims, bins=30, range=(-0.2, 1.0), color="tab:blue")
+    a.axvline(threshold, color="tab:red", ls="--", label=f"threshold {threshold}")
+    a.set(xlabel="cosine similarity to the source chunk", ylabel="chunks", title=f"Fidelity ({teacher})")
+    a.legend()
+    b.barh(list(reasons), list(reasons.values()), color="tab:orange")
+    b.set(xlabel="chunks", title="Rejections by reason")
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def gate_frame(workdir: Path, columns: list[str]):
+    import pandas as pd
+
+    return pd.read_parquet(workdir / "data", columns=columns) if (workdir / "data").exists() \
+        else pd.DataFrame({c: [] for c in columns})

@@ -1,0 +1,129 @@
+"""The rephrase stage: chunking, the skipped path without a teacher, a real native teacher (a
+random k2 checkpoint: its rewrites fail fidelity, counted by reason), and the accepted path into
+tokenize through the openai engine against a loopback test server that returns each passage."""
+from __future__ import annotations
+
+import http.server
+import json
+import re
+import threading
+
+import pandas as pd
+import pytest
+
+from k2core.data.rephrase import split_chunks
+from k2core.stage import GateFailed
+from tests.conftest import free_port, write_jsonl
+from tests.k2core.train.stages import corpus_rows, run
+
+ON = ["rephrase.enabled=true", "rephrase.max_tokens=24", "rephrase.chunk_chars=300", "rephrase.max_docs=6",
+      "rephrase.min_accept_rate=0"]
+
+
+def test_chunks_cut_at_paragraphs_then_sentences_and_keep_every_word():
+    text = "\n\n".join(" ".join(f"Sentence {p}.{s} is here." for s in range(12)) for p in range(4))
+    chunks = split_chunks(text, 200)
+    assert all(len(c) <= 200 for c in chunks) and len(chunks) > 4
+    assert " ".join(chunks).split() == text.split()
+    assert all(c.rstrip().endswith(".") for c in chunks)                       # sentence boundaries
+    assert split_chunks("x" * 450, 200) == ["x" * 200, "x" * 200, "x" * 50]    # no boundary: hard cuts
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    return tmp_path, write_jsonl(tmp_path / "c.jsonl", corpus_rows(n_prose=30, n_code=4))
+
+
+def _frame(store, outcome, sub="data", stage="rephrase"):
+    art = store.artifact(stage, outcome.version)
+    return pd.concat([pd.read_parquet(art.path(f)) for f in art.files(f"{sub}/")])
+
+
+def test_without_a_teacher_the_stage_is_skipped_and_tokenize_uses_raw_text(corpus):
+    tmp, src = corpus
+    outs, store = run(str(tmp / "store"), ["ingest", "curate", "rephrase", "tokenize"], [f"ingest.source={src}", *ON])
+    reph = next(o for o in outs if o.stage == "rephrase")
+    m = store.artifact("rephrase", reph.version).metrics
+    assert m["status"].startswith("skipped: no teacher model") and m["rephrasings"] == 0
+    assert store.artifact("rephrase", reph.version).manifest["inputs"]["source"] == {"teacher": None}
+    assert store.artifact("tokenize", outs[-1].version).metrics["rephrasings_used"] == 0
+
+
+def test_a_native_teacher_rewrites_and_fidelity_rejects_with_reasons(corpus, tmp_path_factory):
+    """A randomly initialised checkpoint as the teacher: real generation, honest rejections."""
+    from tests.k2core.infer.test_llm import TEXT
+
+    from k2core.data.tokenize import save_tokenizer, train_tokenizer
+    from k2core.model import K2ForCausalLM, ModelConfig
+    from k2core.model.checkpoint import save_checkpoint
+
+    tmp, src = corpus
+    ckpt = tmp_path_factory.mktemp("teacher") / "model"
+    tok = train_tokenizer([TEXT], vocab_size=300, min_frequency=1)
+    save_checkpoint(K2ForCausalLM(ModelConfig.preset("tiny", vocab_size=tok.get_vocab_size())).init_weights(0), ckpt)
+    save_tokenizer(tok, ckpt, 128)
+    sets = [f"ingest.source={src}", *ON, f"rephrase.checkpoint={ckpt}"]
+    outs, store = run(str(tmp / "store"), ["ingest", "curate", "rephrase"], sets)
+    art = store.artifact("rephrase", outs[-1].version)
+    m = art.metrics
+    assert m["teacher"] == f"native:{ckpt}" and m["rephrasings"] == min(6, m["eligible_documents"])
+    rejected = _frame(store, outs[-1], "rejects")
+    assert m["accepted"] + len(rejected) == m["rephrasings"] and m["chunks"] >= m["rephrasings"]
+    assert sum(v for k, v in m.items() if k.startswith("rejected_chunks_")) >= len(rejected)
+    assert set(rejected.source_id) <= set(_frame(store, outs[1], stage="curate").id)
+    assert all(r for r in rejected.reasons)                                 # every reject says why
+    assert art.path("rephrase.png").exists() and "similarity_quantiles" in json.loads(
+        art.path("report.json").read_text())
+    # a random teacher cannot meet an acceptance floor: the gate says so
+    with pytest.raises(GateFailed, match="accept_rate_shortfall"):
+        run(str(tmp / "store"), ["ingest", "curate", "rephrase"], [*sets, "rephrase.min_accept_rate=0.9"])
+
+
+class _Faithful(http.server.BaseHTTPRequestHandler):
+    """A loopback teacher for the plumbing test: returns the passage of each prompt unchanged."""
+
+    def do_POST(self):  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        passage = re.search(r"Passage:\n(.*?)\n\n[A-Z][^\n]*\(continuing", body["prompt"], re.S).group(1)
+        data = json.dumps({"choices": [{"text": " " + passage, "finish_reason": "stop"}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *a):
+        pass
+
+
+def test_accepted_rephrasings_of_training_documents_feed_tokenize(corpus):
+    tmp, src = corpus
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), _Faithful)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{srv.server_address[1]}/v1"
+        outs, store = run(str(tmp / "store"), ["ingest", "curate", "rephrase", "tokenize"], [
+            f"ingest.source={src}", *ON, "rephrase.engine=openai", f"rephrase.base_url={url}",
+            "rephrase.model=echo", "rephrase.max_docs=30", "tokenize.rephrase_epochs=2"])
+    finally:
+        srv.shutdown()
+    reph = next(o for o in outs if o.stage == "rephrase")
+    m = store.artifact("rephrase", reph.version).metrics
+    n = m["eligible_documents"]                      # the prose documents curate kept
+    assert n >= 5 and m["accepted"] == m["rephrasings"] == n and m["accept_rate"] == 1.0 and m["similarity_p10"] > 0.99
+    data = _frame(store, reph)
+    assert set(data["style"]) <= {"encyclopedia", "qa", "explainer"} and len(set(data["style"])) > 1
+    tok = store.artifact("tokenize", outs[-1].version)
+    val = tok.metrics["val_documents"]
+    held_out = sum(1 for s in data.source_id if s in _val_ids(store, outs))
+    assert tok.metrics["rephrasings_used"] == n - held_out      # rephrasings of held-out documents stay out
+    assert val >= 1 and tok.metrics["train_document_epochs"] >= tok.metrics["train_documents"] + 2 * (n - held_out)
+
+
+def _val_ids(store, outs) -> set[str]:
+    from k2core.data.tokenize import _unit
+
+    ids = _frame(store, next(o for o in outs if o.stage == "curate"), stage="curate").id
+    frac = store.artifact("tokenize", outs[-1].version).manifest["config"]["val_fraction"]
+    held = {i for i in ids if _unit(i, "val") < frac}
+    return held or {min(ids, key=lambda i: _unit(i, "val"))}
