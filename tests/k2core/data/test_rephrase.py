@@ -13,7 +13,7 @@ import pytest
 
 from k2core.data.rephrase import split_chunks
 from k2core.stage import GateFailed
-from tests.conftest import free_port, write_jsonl
+from tests.conftest import JSONHandler, free_port, write_jsonl
 from tests.k2core.train.stages import corpus_rows, run
 
 ON = ["rephrase.enabled=true", "rephrase.max_tokens=24", "rephrase.chunk_chars=300", "rephrase.max_docs=6",
@@ -79,21 +79,13 @@ def test_a_native_teacher_rewrites_and_fidelity_rejects_with_reasons(corpus, tmp
         run(str(tmp / "store"), ["ingest", "curate", "rephrase"], [*sets, "rephrase.min_accept_rate=0.9"])
 
 
-class _Faithful(http.server.BaseHTTPRequestHandler):
+class _Faithful(JSONHandler, http.server.BaseHTTPRequestHandler):
     """A loopback teacher for the plumbing test: returns the passage of each prompt unchanged."""
 
     def do_POST(self):  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        passage = re.search(r"Passage:\n(.*?)\n\n[A-Z][^\n]*\(continuing", body["prompt"], re.S).group(1)
-        data = json.dumps({"choices": [{"text": " " + passage, "finish_reason": "stop"}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *a):
-        pass
+        prompt = self.read_json()["prompt"]
+        passage = re.search(r"Passage:\n(.*?)\n\n[A-Z][^\n]*\(continuing", prompt, re.S).group(1)
+        self.answer(200, {"choices": [{"text": " " + passage, "finish_reason": "stop"}]})
 
 
 def test_accepted_rephrasings_of_training_documents_feed_tokenize(corpus):

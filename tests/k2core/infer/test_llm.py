@@ -4,7 +4,6 @@ backoff on 503, refusal on 4xx, timeouts, all named in the error."""
 from __future__ import annotations
 
 import http.server
-import json
 import threading
 import time
 
@@ -12,7 +11,7 @@ import pytest
 import torch
 
 from k2core.infer.llm import LLMError, NativeLLM, OpenAILLM, TextParams, cut_at_stop, open_llm
-from tests.conftest import free_port
+from tests.conftest import JSONHandler, free_port
 
 TEXT = ("The miller crossed the bridge to the market. The baker sold bread near the church. "
         "In winter the lake froze and the children skated past the old tower. ") * 20
@@ -88,28 +87,20 @@ def test_openai_backend_against_k2_serve_equals_native(native, k2_server):
         OpenAILLM(k2_server, "other-model", api_key_env=None).generate(["x"], progress=False)
 
 
-class _Scripted(http.server.BaseHTTPRequestHandler):
+class _Scripted(JSONHandler, http.server.BaseHTTPRequestHandler):
     """Answers /v1/completions from a script: a list of (status, delay_s) per request."""
 
     script: list[tuple[int, float]] = []
     seen: list[dict] = []
 
     def do_POST(self):  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        body = self.read_json()
         type(self).seen.append(body)
         status, delay = type(self).script.pop(0) if type(self).script else (200, 0.0)
         time.sleep(delay)
-        data = json.dumps({"choices": [{"text": f"echo:{body['prompt']}", "finish_reason": "length"}],
-                           "usage": {"prompt_tokens": 1, "completion_tokens": 2}} if status == 200
-                          else {"error": {"message": f"scripted {status}"}}).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *a):
-        pass
+        self.answer(status, {"choices": [{"text": f"echo:{body['prompt']}", "finish_reason": "length"}],
+                             "usage": {"prompt_tokens": 1, "completion_tokens": 2}} if status == 200
+                    else {"error": {"message": f"scripted {status}"}})
 
 
 @pytest.fixture
