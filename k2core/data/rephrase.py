@@ -59,21 +59,30 @@ def resolve_teacher(cfg: PipelineConfig) -> dict[str, Any] | None:
             continue
         if newest is None or m.get("created_at", "") > newest[1]:
             newest = (version, m.get("created_at", ""))
-    if newest is None:
+    if newest is None or "model/tokenizer.json" not in store.artifact("pretrain", newest[0]).files("model/"):
         return None
-    model = Path(str(store.artifact("pretrain", newest[0]).path("model")))
-    if not (model / "tokenizer.json").exists():       # e.g. an S3 store: no local checkpoint to load
-        return None
-    return {"engine": "native", "pretrain_version": newest[0], "checkpoint": str(model)}
+    return {"engine": "native", "pretrain_version": newest[0]}
+
+
+def teacher_checkpoint(ctx: StageContext, teacher: dict[str, Any]) -> str:
+    """A local directory with the teacher's files (fetched and sha256-checked from any store)."""
+    if "checkpoint" in teacher:
+        return teacher["checkpoint"]
+    art = ctx.store.artifact("pretrain", teacher["pretrain_version"])
+    paths = [art.path(f) for f in art.files("model/")]
+    return str(Path(paths[0]).parent)
 
 
 def _trained_on_raw_text(store, manifest: dict[str, Any]) -> bool:
-    """Teachers are models trained without rephrasings: otherwise every retrain would make a new
-    teacher, whose rephrasings make a new model, and reruns would never become cache hits."""
+    """Teachers are models whose tokens had no rephrase teacher behind them: otherwise every retrain
+    would make a new teacher, whose rephrasings make a new model, and reruns would never settle."""
     tok = manifest.get("inputs", {}).get("tokenize", {}).get("version")
     if tok is None or not store.has_artifact("tokenize", tok):
         return False
-    return not store.artifact("tokenize", tok).metrics.get("rephrasings_used", 0)
+    reph = store.artifact("tokenize", tok).manifest.get("inputs", {}).get("rephrase", {}).get("version")
+    if reph is None:                      # tokenized before the rephrase stage existed
+        return True
+    return store.has_artifact("rephrase", reph) and store.artifact("rephrase", reph).metrics.get("teacher") == "none"
 
 
 def fingerprint(cfg: PipelineConfig) -> dict[str, Any]:
@@ -168,7 +177,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         llm = open_llm("openai", base_url=teacher["base_url"], model=teacher["model"], api_key_env=cfg.api_key_env,
                        timeout=cfg.timeout, retries=cfg.retries, concurrency=cfg.concurrency)
     else:
-        llm = open_llm("native", checkpoint=teacher["checkpoint"])
+        llm = open_llm("native", checkpoint=teacher_checkpoint(ctx, teacher))
     ctx.log(f"rephrase: teacher {describe(teacher)}; {len(eligible)} documents")
     jobs = []          # one per rephrasing: source doc, style, source chunks, rewritten chunks
     for d in eligible:

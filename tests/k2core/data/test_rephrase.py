@@ -39,14 +39,27 @@ def _frame(store, outcome, sub="data", stage="rephrase"):
     return pd.concat([pd.read_parquet(art.path(f)) for f in art.files(f"{sub}/")])
 
 
-def test_without_a_teacher_the_stage_is_skipped_and_tokenize_uses_raw_text(corpus):
+ALL = ["ingest", "curate", "rephrase", "tokenize", "pretrain"]
+
+
+@pytest.mark.slow
+def test_the_pipeline_teaches_itself_once_then_settles(corpus):
+    """Run 1: no teacher, skipped, raw text. Run 2: the run-1 model (trained on raw text) rephrases;
+    tokenize and pretrain recompute. Run 3: all cache hits — the run-2 model is no teacher."""
     tmp, src = corpus
-    outs, store = run(str(tmp / "store"), ["ingest", "curate", "rephrase", "tokenize"], [f"ingest.source={src}", *ON])
-    reph = next(o for o in outs if o.stage == "rephrase")
-    m = store.artifact("rephrase", reph.version).metrics
-    assert m["status"].startswith("skipped: no teacher model") and m["rephrasings"] == 0
-    assert store.artifact("rephrase", reph.version).manifest["inputs"]["source"] == {"teacher": None}
-    assert store.artifact("tokenize", outs[-1].version).metrics["rephrasings_used"] == 0
+    sets = [f"ingest.source={src}", *ON]
+    first, store = run(str(tmp / "store"), ALL, sets)
+    reph = store.artifact("rephrase", first[2].version)
+    assert reph.metrics["status"].startswith("skipped: no teacher model") and reph.metrics["rephrasings"] == 0
+    assert reph.manifest["inputs"]["source"] == {"teacher": None}
+    assert store.artifact("tokenize", first[3].version).metrics["rephrasings_used"] == 0
+    second, _ = run(str(tmp / "store"), ALL, sets)
+    assert [o.status for o in second] == ["cache_hit", "cache_hit", "computed", "computed", "computed"]
+    m = store.artifact("rephrase", second[2].version).metrics
+    assert m["teacher"] == f"native:pretrain/{first[4].version}" and m["rephrasings"] > 0
+    assert m["accepted"] + len(_frame(store, second[2], "rejects")) == m["rephrasings"]
+    third, _ = run(str(tmp / "store"), ALL, sets)
+    assert [o.status for o in third] == ["cache_hit"] * 5
 
 
 def test_a_native_teacher_rewrites_and_fidelity_rejects_with_reasons(corpus, tmp_path_factory):

@@ -38,7 +38,7 @@ SMALL = ["curate.dask_workers=1", "rephrase.enabled=false", "tokenize.vocab_size
 
 
 def run(store_path: str, stages: list[str], sets: list[str]):
-    cfg = load_config(overrides=[*SMALL, *sets])
+    cfg = load_config(overrides=[*SMALL, f"store.uri={store_path}", *sets])
     store = open_store(store_path)
     return [execute(p, cfg, store, log=print) for p in plan(cfg, store, stages)], store
 
