@@ -101,15 +101,30 @@ class _Faithful(JSONHandler, http.server.BaseHTTPRequestHandler):
         self.answer(200, {"choices": [{"text": " " + passage, "finish_reason": "stop"}]})
 
 
-def test_accepted_rephrasings_of_training_documents_feed_tokenize(corpus):
-    tmp, src = corpus
+MATH = [
+    "Theorem 1. Let p be a polynomial with p(x) = x^2 + 3x + 2. The derivative is p'(x) = 2x + 3, so the "
+    "equation p'(x) = 0 has the root x = -3/2. Proof: the polynomial factors as (x + 1)(x + 2).",
+    "Lemma 4. For every integer n >= 1 the sum 1 + 2 + ... + n equals n(n + 1)/2. Proof by induction: for "
+    "n = 1 both sides are 1; adding n + 1 to n(n + 1)/2 gives (n + 1)(n + 2)/2.",
+    "The integral of f(t) = 6t^2 from 0 to 2 equals 2t^3 evaluated at 2, that is 16. By the fundamental "
+    "theorem, the derivative of F(x) = 2x^3 is 6x^2 = f(x), which proves the equation.",
+    "Exercise 7. Solve the equation 5y - 4 = 21. Adding 4 gives 5y = 25, and dividing by 5 gives y = 5. "
+    "Check: 5 * 5 - 4 = 21, so the solution of the linear equation is y = 5.",
+    "Definition. A sequence a_n converges to L if for every e > 0 there is N with |a_n - L| < e for n > N. "
+    "Example: a_n = 1/n converges to 0 because 1/n < e whenever n > 1/e; the lemma follows.",
+]
+
+
+def test_accepted_rephrasings_of_training_documents_feed_tokenize(tmp_path):
+    rows = corpus_rows(n_prose=30, n_code=4) + [{"text": t} for t in MATH]
+    tmp, src = tmp_path, write_jsonl(tmp_path / "c.jsonl", rows)
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), _Faithful)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{srv.server_address[1]}/v1"
         outs, store = run(str(tmp / "store"), ["ingest", "curate", "rephrase", "tokenize"], [
             f"ingest.source={src}", *ON, "rephrase.engine=openai", f"rephrase.base_url={url}",
-            "rephrase.model=echo", "rephrase.max_docs=30", "tokenize.rephrase_epochs=2"])
+            "rephrase.model=echo", "rephrase.max_docs=60", "tokenize.rephrase_epochs=2"])
     finally:
         srv.shutdown()
     reph = next(o for o in outs if o.stage == "rephrase")
@@ -117,7 +132,9 @@ def test_accepted_rephrasings_of_training_documents_feed_tokenize(corpus):
     n = m["eligible_documents"]                      # the prose documents curate kept
     assert n >= 5 and m["accepted"] == m["rephrasings"] == n and m["accept_rate"] == 1.0 and m["similarity_p10"] > 0.99
     data = _frame(store, reph)
-    assert set(data["style"]) <= {"encyclopedia", "qa", "explainer"} and len(set(data["style"])) > 1
+    prose, math = data[data.domain == "prose"], data[data.domain == "math"]
+    assert set(prose["style"]) <= {"encyclopedia", "qa", "explainer"} and len(set(prose["style"])) > 1
+    assert len(math) >= 3 and set(math["style"]) == {"learning_note"}          # math: learning notes
     tok = store.artifact("tokenize", outs[-1].version)
     val = tok.metrics["val_documents"]
     held_out = sum(1 for s in data.source_id if s in _val_ids(store, outs))
