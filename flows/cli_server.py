@@ -77,13 +77,28 @@ def _api(args) -> str:
     return api
 
 
+def check_schedule(cron: str, timezone: str) -> None:
+    """A bad cron string or time zone is a usage error, named, before the server is contacted."""
+    from prefect.client.schemas.schedules import CronSchedule
+    from pydantic import ValidationError
+
+    from k2core.config import ConfigError
+
+    try:
+        CronSchedule(cron=cron, timezone=timezone)
+    except ValidationError as e:
+        raise ConfigError("k2 deploy: " + "; ".join(err["msg"].removeprefix("Value error, ")
+                                                   for err in e.errors())) from None
+
+
 def cmd_deploy(args) -> int:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     from flows.cli import _config
     from flows.deploy import deploy
     from k2core.report import table
 
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
+    check_schedule(args.cron, args.timezone)
     api = _api(args)
     cfg = _config(args)
     with temporary_settings({PREFECT_API_URL: api}):     # this server, whatever Prefect loaded before

@@ -59,11 +59,11 @@ def ensure_pool(name: str) -> bool:
 
 def deploy(cfg: PipelineConfig, *, pool: str = POOL, gpu_pool: str | None = None, cron: str = "0 2 * * *",
            timezone: str = "UTC", paused: bool = False) -> list[Deployed]:
-    from prefect import flow
-    from prefect.schedules import Cron
-
     import contextlib
     import io
+
+    from prefect import flow
+    from prefect.schedules import Cron
 
     ensure_pool(pool)
     if gpu_pool:
@@ -75,8 +75,8 @@ def deploy(cfg: PipelineConfig, *, pool: str = POOL, gpu_pool: str | None = None
     quiet = contextlib.redirect_stdout(io.StringIO())      # Prefect prints a table per deployment
     with quiet:
         pipeline = flow.from_source(source=str(ROOT), entrypoint="flows/pipeline.py:k2_pipeline")
-        dep_id = pipeline.deploy(name="nightly", work_pool_name=gpu_pool or pool, parameters=params, schedules=[Cron(cron, timezone=timezone)],
-                                 paused=paused, description="The whole k2 pipeline on a schedule: unchanged "
+        dep_id = pipeline.deploy(name="nightly", work_pool_name=gpu_pool or pool, parameters=params,
+                                 schedules=[Cron(cron, timezone=timezone)], paused=paused, description="The whole k2 pipeline on a schedule: unchanged "
                                  "stages are cache hits; the run record says why the others recomputed.", **common)
     out.append(Deployed(PIPELINE_DEPLOYMENT, str(dep_id), f"{cron} ({timezone}){' paused' if paused else ''}",
                         gpu_pool or pool))

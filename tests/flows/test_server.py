@@ -264,6 +264,16 @@ def test_deploy_without_a_server_names_the_fix(monkeypatch, capsys):
     assert "does not answer" in capsys.readouterr().err
 
 
+def test_a_bad_schedule_is_a_usage_error_before_any_server_call(monkeypatch, capsys):
+    from flows.cli import main
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    assert main(["deploy", "--cron", "every night"]) == 2
+    assert 'Invalid cron string: "every night"' in capsys.readouterr().err
+    assert main(["deploy", "--timezone", "Mars/Olympus"]) == 2
+    assert 'Invalid timezone: "Mars/Olympus"' in capsys.readouterr().err
+
+
 def test_every_registered_stage_has_a_deployable_flow():
     import flows.stages
     from k2core.stage import stages
