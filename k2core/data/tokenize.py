@@ -33,16 +33,24 @@ def _unit(doc_id: str, salt: str) -> float:
     return int.from_bytes(h, "little") / 2 ** 64
 
 
-def read_documents(ctx: StageContext) -> list[dict[str, Any]]:
+def read_input_rows(ctx: StageContext, stage: str, columns: list[str]) -> list[dict[str, Any]]:
+    """`columns` of every row in the `stage` input's data/ shards, sorted by id (shard layout never
+    changes the result); none when the stage is not an input."""
     import pyarrow.parquet as pq
 
-    art = ctx.inputs["curate"]
-    docs = []
+    art = ctx.inputs.get(stage)
+    if art is None:
+        return []
+    rows = []
     for rel in art.files("data/"):
-        t = pq.read_table(art.path(rel), columns=["id", "text", "domain"])
-        docs += t.to_pylist()
-    docs.sort(key=lambda d: d["id"])              # shard layout never changes the result
-    return docs
+        rows += pq.read_table(art.path(rel), columns=columns).to_pylist()
+    rows.sort(key=lambda r: r["id"])
+    return rows
+
+
+def read_documents(ctx: StageContext) -> list[dict[str, Any]]:
+    """The curated documents (id, text, domain)."""
+    return read_input_rows(ctx, "curate", ["id", "text", "domain"])
 
 
 def train_tokenizer(texts, vocab_size: int, min_frequency: int):
@@ -66,20 +74,6 @@ def save_tokenizer(tok, out: Path, seq_len: int) -> None:
     (out / "tokenizer_config.json").write_text(json.dumps(
         {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": seq_len, "clean_up_tokenization_spaces": False,
          **specials}, indent=1))
-
-
-def read_rephrasings(ctx: StageContext) -> list[dict[str, Any]]:
-    """Accepted rows of the `rephrase` input (none when the stage was skipped or is absent)."""
-    import pyarrow.parquet as pq
-
-    art = ctx.inputs.get("rephrase")
-    if art is None:
-        return []
-    rows = []
-    for rel in art.files("data/"):
-        rows += pq.read_table(art.path(rel), columns=["id", "text", "domain", "source_id"]).to_pylist()
-    rows.sort(key=lambda r: r["id"])
-    return rows
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
@@ -118,7 +112,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
         return (np.concatenate(parts) if parts else np.zeros(0, dtype)), n_docs, expected
 
     # accepted rephrasings of training documents (never of held-out ones), `rephrase_epochs` each
-    reph = [r for r in read_rephrasings(ctx) if r["source_id"] not in val_ids]
+    reph = [r for r in read_input_rows(ctx, "rephrase", ["id", "text", "domain", "source_id"])
+            if r["source_id"] not in val_ids]
     with ctx.progress(total=2, desc="tokenize: encoding + packing") as bar:
         train_ids, train_docs, expected = stream(train, mixture)
         if reph:
@@ -191,12 +186,3 @@ def read_rows(files: list[str], dtype: str, seq_len: int) -> np.ndarray:
                           f"({size} bytes; rows are {row_bytes} bytes)")
     maps = [np.memmap(f, dtype=dtype, mode="r").reshape(-1, seq_len) for f in files]
     return maps[0] if len(maps) == 1 else np.concatenate(maps)
-
-
-def open_rows(art, split: str) -> np.ndarray:
-    """All rows of one split of a tokenize artifact."""
-    idx = load_index(art)
-    files = [str(art.path(s["file"])) for s in idx["shards"] if s["split"] == split]
-    if not files:
-        raise K2Error(f"tokenize artifact has no {split} shard")
-    return read_rows(files, idx["dtype"], idx["seq_len"])

@@ -20,6 +20,16 @@ from k2core.model.k2 import K2ForCausalLM, KVCache
 from k2core.progress import Progress
 
 
+def check_sampling(max_tokens: int, temperature: float, top_p: float) -> None:
+    """The limits every backend's sampling parameters share (ValueError names the bad one)."""
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+
+
 @dataclass
 class SamplingParams:
     max_tokens: int = 64
@@ -30,12 +40,7 @@ class SamplingParams:
     seed: int | None = None
 
     def __post_init__(self):
-        if self.max_tokens < 1:
-            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        check_sampling(self.max_tokens, self.temperature, self.top_p)
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0, got {self.top_k}")
 

@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from k2core.infer.engine import check_sampling
 from k2core.progress import Progress
 from k2core.stage import K2Error
 
@@ -39,12 +40,7 @@ class TextParams:
     stop: list[str] = field(default_factory=list)
 
     def __post_init__(self):
-        if self.max_tokens < 1:
-            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        check_sampling(self.max_tokens, self.temperature, self.top_p)
 
 
 @dataclass

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from k2core.data.tokenize import EOS, SPECIAL_TOKENS, load_index, open_rows
+from k2core.data.tokenize import EOS, SPECIAL_TOKENS, load_index
 from k2core.quality import run_gate
 from k2core.config import ConfigError
 from schemas.suites import tokenize_suite
@@ -45,7 +45,11 @@ def test_packing_is_exact_and_validation_documents_are_held_out(built):
     _, _, outs, store = built
     art = store.artifact("tokenize", outs[-1].version)
     m, idx = art.metrics, load_index(art)
-    train, val = open_rows(art, "train"), open_rows(art, "val")
+    from k2core.config import PretrainConfig
+    from k2core.train.pretrain import Job
+
+    job = Job.from_tokens(art.path, PretrainConfig(), Path("."), Path("."))   # the trainer's own reader
+    train, val = job.rows("train"), job.rows("val")
     assert train.shape == (m["train_rows"], 32) and val.shape == (m["val_rows"], 32)
     assert m["train_tokens"] == train.size and m["token_count_error"] == 0 and int(train.max()) == m["max_id"]
     assert m["train_documents"] + m["val_documents"] == m["documents"] and m["val_documents"] >= 1
