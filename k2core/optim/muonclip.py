@@ -34,7 +34,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from k2core.optim.kernels import BatchTables, apply_update, fused_ok, momentum_to_bf16
+from k2core.optim.kernels import BatchTables, apply_update, fused_ok, momentum_to_bf16, sym_gram, sym_gram_ok
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 
@@ -136,11 +136,17 @@ def newton_schulz(G: torch.Tensor, steps: int = 5, coefficients=NS_COEFFICIENTS,
     else:                 # torch.optim.Muon's order: transpose, then normalise
         X = X.mT if tall else X
         X = X / X.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
+    sym = fold_identity and sym_gram_ok(X)
     for k in range(steps):
-        A = torch.bmm(X, X.mT)
-        B = torch.baddbmm(A, A, A, beta=b, alpha=c)
+        if sym:   # Triton: upper tiles only, A's copy and the + a·I fused (kernels.sym_gram)
+            A = sym_gram(X)
+            B = sym_gram(A, A, alpha=c, beta=b, diag=a)
+        else:
+            A = torch.bmm(X, X.mT)
+            B = torch.baddbmm(A, A, A, beta=b, alpha=c)
+            if fold_identity:
+                B.diagonal(dim1=-2, dim2=-1).add_(a)
         if fold_identity:
-            B.diagonal(dim1=-2, dim2=-1).add_(a)
             if tall and k == steps - 1:
                 X = torch.bmm(X.mT, B)          # = ((B + aI)·X)ᵀ, already in G's orientation
                 tall = False
@@ -227,6 +233,7 @@ class MuonClip(torch.optim.Optimizer):
         self.reduce_grads = reduce_grads
         self._observed: torch.Tensor | None = None
         self._tables: dict[tuple, BatchTables] = {}
+        self._ptr_cache: dict[torch.device, tuple[tuple[int, ...], torch.Tensor]] = {}
         self.last_stats = StepStats()
         self._plan_shards()
 
@@ -369,8 +376,13 @@ class MuonClip(torch.optim.Optimizer):
                 spans[dev].append((ps, bufs))
         out = {}
         for dev, items in spans.items():
-            flat = [t.data_ptr() for ps, bufs in items for t in (*(p.grad for p in ps), *bufs, *ps)]
-            table = torch.tensor(flat, dtype=torch.int64).pin_memory().to(dev, non_blocking=True)
+            flat = tuple(t.data_ptr() for ps, bufs in items for t in (*(p.grad for p in ps), *bufs, *ps))
+            cached = self._ptr_cache.get(dev)
+            if cached is not None and cached[0] == flat:
+                table = cached[1]   # same addresses as last step (the usual case): no host copy at all
+            else:
+                table = torch.tensor(flat, dtype=torch.int64).pin_memory().to(dev, non_blocking=True)
+                self._ptr_cache[dev] = (flat, table)
             off = 0
             for ps, _ in items:
                 n = len(ps)
