@@ -122,16 +122,17 @@ def _lines(text: str) -> list[str]:
     return lines
 
 
+def _paragraphs(text: str) -> list[str]:
+    """re.split(r"\n{2,}", text.strip()), without the regex: str.split on pairs, then the odd
+    newline of a run of three or more is the next part's first character and a run of four or
+    more leaves empty parts between."""
+    return [p[1:].lstrip("\n") if p[0] == "\n" else p for p in text.strip().split("\n\n") if p] or [""]
+
+
 def _dup_stats(items: list[str]) -> tuple[int, int]:
-    seen: set[str] = set()
-    dup_items = dup_chars = 0
-    for x in items:
-        if x in seen:
-            dup_items += 1
-            dup_chars += len(x)
-        else:
-            seen.add(x)
-    return dup_items, dup_chars
+    """Items that repeat an earlier one, and their characters (every occurrence after the first)."""
+    distinct = set(items)
+    return len(items) - len(distinct), sum(map(len, items)) - sum(map(len, distinct))
 
 
 _MULT = np.uint64(0x9E3779B97F4A7C15)   # odd 64-bit multiplier for rolling n-gram keys
@@ -151,9 +152,12 @@ class _Grams:
     """A document's words as ids plus prefix sums of their lengths, for n-gram statistics."""
 
     def __init__(self, ws: list[str]):
-        index = {w: i for i, w in enumerate(dict.fromkeys(ws), 1)}      # C-speed dedup, then ids
-        self.ids = np.fromiter(map(index.__getitem__, ws), np.uint64, len(ws))
-        lens = np.fromiter(map(len, ws), np.int64, len(ws))
+        import pandas as pd   # lazily: the config imports this module
+
+        # ids 1, 2, … by first appearance (pandas' hash table), lengths from the distinct words only
+        codes, distinct = pd.factorize(np.array(ws, dtype=object))
+        self.ids = codes.astype(np.uint64) + np.uint64(1)
+        lens = np.fromiter(map(len, distinct), np.int64, len(distinct))[codes]
         self.cum = np.concatenate([[0], np.cumsum(lens)])
         self._code_cache: dict[int, np.ndarray] = {}
 
@@ -229,7 +233,7 @@ class GopherRepetitionFilter:
         text = doc.text
         if not text:
             return "empty"
-        paras = re.split(r"\n{2,}", text.strip())
+        paras = _paragraphs(text)
         d, c = _dup_stats(paras)
         if d / len(paras) > self.dup_para_frac:
             return "dup_para_frac"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from functools import lru_cache
+from itertools import chain
 
 # ---------------------------------------------------------------------------- word tokenizer
 # spaCy's English tokenizer, in its essentials: split on whitespace; from each chunk peel prefixes
@@ -35,13 +36,20 @@ _MERGE = {(")", ":"): "):", ("(", ":"): "(:", ("[", ":"): "[:", (":", ")"): ":)"
 _CONTRACTION = re.compile(r"^([^\W\d_]+?)(n['’]t|['’](?:m|re|ve|ll|d|M|RE|VE|LL|D))$")
 
 
+# every _WHOLE form ends with one of these characters (or is "and/or" / ":D")
+_WHOLE_LAST = frozenset(".-~:)(")
+
+
 def _special(chunk: str) -> list[str] | None:
-    if _WHOLE.match(chunk):
+    if not chunk:
+        return None
+    if (chunk[-1] in _WHOLE_LAST or chunk in ("and/or", ":D")) and _WHOLE.match(chunk):
         return [chunk]
-    m = _CONTRACTION.match(chunk)
-    if m:
-        return [m.group(1), m.group(2)]
-    if chunk.lower() == "cannot":
+    if "'" in chunk or "’" in chunk:
+        m = _CONTRACTION.match(chunk)
+        if m:
+            return [m.group(1), m.group(2)]
+    if len(chunk) == 6 and chunk.lower() == "cannot":
         return [chunk[:3], chunk[3:]]
     return None
 
@@ -50,11 +58,15 @@ def _has_suffix(chunk: str):
     last = chunk[-1]
     if last.isalnum() and not (last in "sS" and chunk[-2:-1] in ("'", "’")):
         return None
+    # every suffix is at most 2 characters but a run of dots, so a long chunk (a URL, a path) is
+    # searched from near its end; lookbehinds still see the characters before the start position
+    if len(chunk) > 4 and not chunk.endswith(".."):
+        return _SUFFIX.search(chunk, len(chunk) - 3)
     return _SUFFIX.search(chunk)
 
 
 def _split_chunk(chunk: str, out: list[str]) -> None:
-    begin = len(out)
+    begin, colon = len(out), ":" in chunk
     special = _special(chunk)
     if special:
         out.extend(special)
@@ -91,6 +103,23 @@ def _split_chunk(chunk: str, out: list[str]) -> None:
         if pos < len(chunk):
             out.append(chunk[pos:])
     out.extend(reversed(suffixes))
+    if colon:
+        _merge(out, begin)       # every merged pair has a ":"
+
+
+_CHUNKS: dict[str, tuple[str, ...]] = {}      # chunk -> its tokens: text repeats its chunks
+_CHUNKS_MAX = 1 << 20
+
+
+# Fast paths with the same result as _split_chunk (tests/k2core/data/test_text.py checks them
+# against it): an ASCII word (letters, digits, inner underscores) wrapped in opening brackets /
+# quotes and closing brackets / quotes / , ; : ! ? — each wrapper character is one token, as the
+# affix loop peels them — and clock times / ratios like 12:30:45 (":" splits only before a letter).
+_WRAPPED = re.compile(r"""([(\[{"']*)([A-Za-z0-9](?:[A-Za-z0-9_]*[A-Za-z0-9])?)([)\]}"',;:!?]*)""")
+_CLOCK = re.compile(r"[0-9]+(?::[0-9]+)+")
+
+
+def _merge(out: list[str], begin: int = 0) -> None:
     i = begin
     while i < len(out) - 1:
         pair = _MERGE.get((out[i], out[i + 1]))
@@ -99,13 +128,20 @@ def _split_chunk(chunk: str, out: list[str]) -> None:
         i += 1
 
 
-_CHUNKS: dict[str, tuple[str, ...]] = {}      # chunk -> its tokens: text repeats its chunks
-_CHUNKS_MAX = 1 << 20
-
-
 def _tokens(chunk: str) -> tuple[str, ...]:
     if chunk.isalnum() and chunk not in ("cannot", "Cannot") and not _WHOLE.match(chunk):
         return (chunk,)          # letters and digits only: no affix, infix or special applies
+    m = _WRAPPED.fullmatch(chunk)
+    if m is not None and m.group(2).lower() != "cannot":
+        opening, core, closing = m.groups()
+        if not opening and not closing:
+            return (chunk,)
+        out = [*opening, core, *closing]
+        if ":" in closing:
+            _merge(out)
+        return tuple(out)
+    if _CLOCK.fullmatch(chunk):
+        return (chunk,)
     buf: list[str] = []
     _split_chunk(chunk, buf)
     return tuple(buf)
@@ -115,19 +151,16 @@ def words(text: str) -> list[str]:
     """Word tokens (punctuation tokens included, whitespace dropped), spaCy-style.
 
     Each distinct whitespace chunk is tokenised once and cached: text repeats its chunks."""
-    out: list[str] = []
+    chunks = text.split()
     cache = _CHUNKS
-    for chunk in text.split():
-        toks = cache.get(chunk)
-        if toks is None:
-            if len(cache) >= _CHUNKS_MAX:
-                cache.clear()
-            toks = cache[chunk] = _tokens(chunk)
-        if len(toks) == 1:
-            out.append(toks[0])
-        else:
-            out.extend(toks)
-    return out
+    new = set(chunks).difference(cache)
+    if new:
+        if len(cache) + len(new) > _CHUNKS_MAX:
+            cache.clear()
+            new = set(chunks)
+        for chunk in new:
+            cache[chunk] = _tokens(chunk)
+    return list(chain.from_iterable(map(cache.__getitem__, chunks)))
 
 
 STOP_WORDS = frozenset(["the", "be", "to", "of", "and", "that", "have", "with"])   # Gopher (Rae et al. 2021)
@@ -147,6 +180,7 @@ def is_punct(tok: str) -> bool:
     return all(unicodedata.category(c)[0] == "P" for c in tok)
 
 
+@lru_cache(maxsize=1 << 18)
 def has_alpha(tok: str) -> bool:
     return any(c.isalpha() for c in tok)
 
