@@ -101,8 +101,10 @@ class RephraseConfig(Section):
     pretrain model in the store (the previous run's), else the stage records it skipped."""
 
     enabled: bool = True
-    engine: Literal["native", "openai"] = Field("native", description="native: a k2 checkpoint; openai: a server")
-    checkpoint: str | None = Field(None, description="native: checkpoint dir (None = newest pretrain artifact)")
+    engine: Literal["native", "vllm", "openai"] = Field(
+        "native", description="native: a k2 checkpoint on the native engine; vllm: the same on vllm.LLM "
+                              "(needs `make vllm-env`); openai: a server")
+    checkpoint: str | None = Field(None, description="native / vllm: checkpoint dir (None = newest pretrain artifact)")
     base_url: str | None = Field(None, description="openai: e.g. http://127.0.0.1:8000/v1")
     model: str | None = Field(None, description="openai: the model id")
     api_key_env: str | None = Field("OPENAI_API_KEY", description="openai: environment variable with the key")

@@ -8,7 +8,7 @@ chunk and autoregressively, each rewrite verified against its source.
   concatenated. All rephrasings advance together, one batched generate call per chunk index.
 - Every chunk goes through :class:`~k2core.data.fidelity.Verifier`; a rephrasing is accepted when
   all its chunks pass. Rejected ones are kept in ``rejects/`` with their reasons.
-- The teacher: ``engine`` native (``checkpoint``, or the newest committed pretrain model in the
+- The teacher: ``engine`` native or vllm (``checkpoint``, or the newest committed pretrain model in the
   store that was trained on raw text — so a nightly rerun settles into cache hits instead of each
   model teaching the next) or openai (``base_url`` + ``model``). With no teacher the stage
   writes an empty output and records ``skipped: no teacher model``; the pipeline continues on raw
@@ -48,7 +48,7 @@ def resolve_teacher(cfg: PipelineConfig) -> dict[str, Any] | None:
         path = Path(rc.checkpoint).expanduser().resolve()
         if not (path / "config.json").exists():
             raise K2Error(f"rephrase.checkpoint = {rc.checkpoint}: no config.json there")
-        return {"engine": "native", "checkpoint": str(path), "mtime": int((path / "config.json").stat().st_mtime)}
+        return {"engine": rc.engine, "checkpoint": str(path), "mtime": int((path / "config.json").stat().st_mtime)}
     from k2core.store import open_store
 
     store = open_store(cfg.store.uri, cfg.store.s3_endpoint_url, cfg.store.s3_region)
@@ -61,7 +61,7 @@ def resolve_teacher(cfg: PipelineConfig) -> dict[str, Any] | None:
             newest = (version, m.get("created_at", ""))
     if newest is None or "model/tokenizer.json" not in store.artifact("pretrain", newest[0]).files("model/"):
         return None
-    return {"engine": "native", "pretrain_version": newest[0]}
+    return {"engine": rc.engine, "pretrain_version": newest[0]}
 
 
 def teacher_checkpoint(ctx: StageContext, teacher: dict[str, Any]) -> str:
@@ -94,8 +94,8 @@ def describe(teacher: dict[str, Any] | None) -> str:
         return "none"
     if teacher["engine"] == "openai":
         return f"openai:{teacher['model']} at {teacher['base_url']}"
-    return f"native:pretrain/{teacher['pretrain_version']}" if "pretrain_version" in teacher \
-        else f"native:{teacher['checkpoint']}"
+    return f"{teacher['engine']}:pretrain/{teacher['pretrain_version']}" if "pretrain_version" in teacher \
+        else f"{teacher['engine']}:{teacher['checkpoint']}"
 
 
 # ---------------------------------------------------------------------------- text
@@ -177,7 +177,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         llm = open_llm("openai", base_url=teacher["base_url"], model=teacher["model"], api_key_env=cfg.api_key_env,
                        timeout=cfg.timeout, retries=cfg.retries, concurrency=cfg.concurrency)
     else:
-        llm = open_llm("native", checkpoint=teacher_checkpoint(ctx, teacher))
+        llm = open_llm(teacher["engine"], checkpoint=teacher_checkpoint(ctx, teacher))
     ctx.log(f"rephrase: teacher {describe(teacher)}; {len(eligible)} documents")
     jobs = []          # one per rephrasing: source doc, style, source chunks, rewritten chunks
     for d in eligible:
@@ -186,7 +186,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
             jobs.append({"doc": d, "k": k, "style": style, "src": split_chunks(d["text"], cfg.chunk_chars), "out": []})
     n_rounds = max(len(j["src"]) for j in jobs)
     generated = 0
-    with ctx.progress(total=sum(len(j["src"]) for j in jobs), desc="rephrase: chunks", unit="chunk") as bar:
+    with llm, ctx.progress(total=sum(len(j["src"]) for j in jobs), desc="rephrase: chunks", unit="chunk") as bar:
         for r in range(n_rounds):
             live = [j for j in jobs if r < len(j["src"])]
             prompts = [templates[j["style"]].safe_substitute(

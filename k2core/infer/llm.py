@@ -2,14 +2,16 @@
 evaluation), with interchangeable backends:
 
 - ``native``: a k2 checkpoint (Hugging Face format + ``tokenizer.json``) on the native engine.
+- ``vllm``: the same checkpoint on vLLM's offline engine (``vllm.LLM``), run by a persistent worker
+  in vLLM's own environment (``make vllm-env``; ``$K2_VLLM_PYTHON``).
 - ``openai``: any OpenAI-compatible server (``/v1/completions``): base URL, model, API key from an
   environment variable; per-request timeout, retries with exponential backoff on 429 / 5xx /
   connection errors (honouring ``Retry-After``), bounded concurrency. ``k2 serve`` is such a server
   over the native engine; vLLM's ``vllm serve`` is another.
 
-Both take a batch of prompts and :class:`TextParams` and return :class:`Completion` objects in
-prompt order. Seeds: prompt ``i`` of a seeded batch is sampled with ``seed + i`` by the openai
-backend (requests run concurrently); the native backend seeds its batch generator once.
+All take a batch of prompts and :class:`TextParams` and return :class:`Completion` objects in
+prompt order. Seeds: prompt ``i`` of a seeded batch is sampled with ``seed + i`` by the openai and
+vllm backends; the native backend seeds its batch generator once.
 """
 from __future__ import annotations
 
@@ -69,33 +71,64 @@ class LLM(ABC):
     def describe(self) -> str:
         return f"{self.backend}:{self.model}"
 
+    def close(self) -> None:
+        """Release what the backend holds (the vllm backend's worker process)."""
 
-# ---------------------------------------------------------------------------- native
-class NativeLLM(LLM):
-    """A k2 checkpoint on the native engine; ``<|endoftext|>`` ends a completion."""
+    def __enter__(self) -> "LLM":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------------------- k2 checkpoints
+class _CheckpointLLM(LLM):
+    """Shared by the backends that run a k2 checkpoint: its ``tokenizer.json`` turns prompts into
+    ids and ids into text; ``<|endoftext|>`` ends a completion; stop strings cut the text."""
+
+    def _load_tokenizer(self, path: Path) -> None:
+        from tokenizers import Tokenizer
+
+        from k2core.data.tokenize import EOS
+
+        if not (path / "tokenizer.json").exists():
+            raise LLMError(f"{self.backend} engine: {path} has no tokenizer.json (use a checkpoint from the "
+                           "pretrain stage)")
+        self.tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+        eos = self.tokenizer.token_to_id(EOS)
+        self.stop_ids = [eos] if eos is not None else []
+        self.model = path.name if path.name != "model" else path.parent.name
+
+    def _encode(self, prompts: list[str]) -> list[list[int]]:
+        ids = [self.tokenizer.encode(p).ids for p in prompts]
+        for i, x in enumerate(ids):
+            if not x:
+                raise LLMError(f"{self.backend} engine: prompt {i} encodes to no tokens")
+        return ids
+
+    def _completion(self, prompt_ids: list[int], token_ids: list[int], finish: str, params: TextParams) -> Completion:
+        toks = token_ids[:-1] if finish == "stop" and token_ids and token_ids[-1] in self.stop_ids else token_ids
+        text, stopped = cut_at_stop(self.tokenizer.decode(toks), params.stop)
+        return Completion(text, "stop" if stopped or finish == "stop" else "length", len(prompt_ids), len(token_ids))
+
+
+class NativeLLM(_CheckpointLLM):
+    """A k2 checkpoint on the native engine."""
 
     backend = "native"
 
     def __init__(self, checkpoint: str | Path, device: str | None = None, max_batch: int | None = None):
-        from tokenizers import Tokenizer
-
-        from k2core.data.tokenize import EOS
         from k2core.infer import Engine
         from k2core.model.checkpoint import CheckpointError
 
         path = Path(checkpoint)
-        if not (path / "tokenizer.json").exists():
-            raise LLMError(f"native engine: {path} has no tokenizer.json (use a checkpoint from the pretrain stage)")
+        self._load_tokenizer(path)
         try:
             self.engine = Engine.from_checkpoint(path, device=device)
         except CheckpointError as e:
             raise LLMError(f"native engine: {e}") from None
         if max_batch:
             self.engine.max_batch = max_batch
-        self.tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
-        eos = self.tokenizer.token_to_id(EOS)
-        self.stop_ids = [eos] if eos is not None else []
-        self.model = path.name if path.name != "model" else path.parent.name
         self._lock = threading.Lock()            # one engine: requests from a server take turns
 
     def generate(self, prompts: list[str], params: TextParams | None = None,
@@ -103,22 +136,123 @@ class NativeLLM(LLM):
         from k2core.infer import SamplingParams
 
         params = params or TextParams()
-        ids = [self.tokenizer.encode(p).ids for p in prompts]
-        for i, x in enumerate(ids):
-            if not x:
-                raise LLMError(f"native engine: prompt {i} encodes to no tokens")
+        ids = self._encode(prompts)
         sp = SamplingParams(max_tokens=params.max_tokens, temperature=params.temperature, top_p=params.top_p,
                             seed=params.seed, stop_token_ids=self.stop_ids)
         with self._lock:
             gens = self.engine.generate(ids, sp, progress=progress)
-        out = []
-        for x, g in zip(ids, gens):
-            toks = g.token_ids[:-1] if g.finish_reason == "stop" and g.token_ids and g.token_ids[-1] in self.stop_ids \
-                else g.token_ids
-            text, stopped = cut_at_stop(self.tokenizer.decode(toks), params.stop)
-            out.append(Completion(text, "stop" if stopped or g.finish_reason == "stop" else "length",
-                                  len(x), len(g.token_ids)))
-        return out
+        return [self._completion(x, g.token_ids, g.finish_reason, params) for x, g in zip(ids, gens)]
+
+
+# ---------------------------------------------------------------------------- vllm
+def vllm_python() -> Path | None:
+    """The vLLM environment's Python: ``$K2_VLLM_PYTHON``, else ``.venv-vllm`` (``make vllm-env``)
+    in the working directory or the source checkout."""
+    env = os.environ.get("K2_VLLM_PYTHON")
+    if env:
+        return Path(env).absolute()
+    for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
+        py = root / ".venv-vllm" / "bin" / "python"
+        if py.exists():
+            return py.absolute()
+    return None
+
+
+class VLLMLLM(_CheckpointLLM):
+    """A k2 checkpoint on ``vllm.LLM`` (offline engine), in vLLM's own environment.
+
+    vLLM pins its own torch, so it runs in a persistent worker process (``vllm_worker.py`` under
+    the vLLM environment's Python) that loads the model once; prompts travel as token ids (this
+    process owns the tokenizer), one JSON line per batch. Prompt ``i`` of a seeded batch is sampled
+    with ``seed + i``. The CPU build serves checkpoints whose ``kv_lora_rank + qk_rope_head_dim``
+    is 576 (the ``tiny-vllm`` preset). :meth:`close` (or the end of a ``with`` block) stops it."""
+
+    backend = "vllm"
+
+    def __init__(self, checkpoint: str | Path, *, python: str | Path | None = None, dtype: str = "auto",
+                 max_model_len: int | None = 2048, startup_timeout: float = 900.0, timeout: float = 3600.0):
+        import json
+        import queue
+        import subprocess
+        import tempfile
+
+        path = Path(checkpoint).absolute()
+        self._load_tokenizer(path)
+        py = Path(python).absolute() if python else vllm_python()
+        if py is None or not py.exists():
+            raise LLMError(f"vllm engine: no vLLM environment ({py or '.venv-vllm/bin/python'} does not exist); "
+                           "run `make vllm-env` or set K2_VLLM_PYTHON to its python")
+        cfg = json.loads((path / "config.json").read_text())
+        if max_model_len:
+            max_model_len = min(max_model_len, int(cfg.get("max_position_embeddings", max_model_len)))
+        self.timeout = timeout
+        self._json = json
+        self._log = tempfile.NamedTemporaryFile("w+", prefix="k2-vllm-", suffix=".log", delete=False)
+        env = {**os.environ, "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1"}
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        opts = {"model": str(path), "dtype": dtype, "max_model_len": max_model_len, "seed": 0}
+        self._proc = subprocess.Popen([str(py), str(Path(__file__).with_name("vllm_worker.py")), json.dumps(opts)],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True,
+                                      env=env, cwd=tempfile.gettempdir())
+        self._lines: queue.Queue[str | None] = queue.Queue()
+
+        def pump() -> None:
+            for line in self._proc.stdout:
+                if line.startswith("K2VLLM "):
+                    self._lines.put(line[7:])
+            self._lines.put(None)                  # the worker exited
+        threading.Thread(target=pump, daemon=True).start()
+        self._lock = threading.Lock()
+        ready = self._read(startup_timeout, "starting")
+        self.version = ready.get("vllm")
+
+    def _read(self, timeout: float, doing: str) -> dict:
+        import queue
+
+        try:
+            line = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            self.close()
+            raise LLMError(f"vllm engine: no answer after {timeout:g} s while {doing}; log: {self._log.name}") from None
+        if line is None:
+            self._proc.wait(timeout=30)
+            self._log.flush()
+            tail = Path(self._log.name).read_text(errors="replace")[-3000:]
+            raise LLMError(f"vllm engine: the worker exited (rc {self._proc.returncode}) while {doing}; "
+                           f"log {self._log.name}:\n{tail}")
+        msg = self._json.loads(line)
+        if "error" in msg:
+            raise LLMError(f"vllm engine: {msg['error']}")
+        return msg
+
+    def generate(self, prompts: list[str], params: TextParams | None = None,
+                 progress: bool = True) -> list[Completion]:
+        params = params or TextParams()
+        ids = self._encode(prompts)
+        one = {"max_tokens": params.max_tokens, "temperature": params.temperature, "top_p": params.top_p,
+               "stop_token_ids": self.stop_ids}
+        req = {"prompts": ids, "params": [{**one, "seed": None if params.seed is None else params.seed + i}
+                                          for i in range(len(ids))]}
+        with self._lock, Progress(len(prompts) if progress else 0, f"generate ({self.describe()})",
+                                  unit="prompt") as bar:
+            if self._proc.poll() is not None:
+                raise LLMError(f"vllm engine: the worker is not running (rc {self._proc.returncode}); "
+                               f"log: {self._log.name}")
+            self._proc.stdin.write(self._json.dumps(req) + "\n")
+            self._proc.stdin.flush()
+            outs = self._read(self.timeout, f"generating {len(prompts)} completions")["outputs"]
+            bar.update(len(prompts))
+        return [self._completion(x, o["token_ids"], o["finish_reason"], params) for x, o in zip(ids, outs)]
+
+    def close(self) -> None:
+        proc = getattr(self, "_proc", None)
+        if proc is not None and proc.poll() is None:
+            try:
+                proc.stdin.close()                  # the worker's loop ends at end of input
+                proc.wait(timeout=60)
+            except Exception:  # noqa: BLE001 — a worker that will not stop is killed
+                proc.kill()
+                proc.wait()
 
 
 # ---------------------------------------------------------------------------- openai
@@ -212,13 +346,14 @@ class OpenAILLM(LLM):
 
 def open_llm(engine: str, *, checkpoint: str | None = None, base_url: str | None = None,
              model: str | None = None, **kw) -> LLM:
-    """The backend a stage's config names: ``native`` (checkpoint) or ``openai`` (base_url + model)."""
-    if engine == "native":
+    """The backend a stage's config names: ``native`` or ``vllm`` (checkpoint), or ``openai``
+    (base_url + model)."""
+    if engine in ("native", "vllm"):
         if not checkpoint:
-            raise LLMError("engine native needs a checkpoint directory")
-        return NativeLLM(checkpoint, **kw)
+            raise LLMError(f"engine {engine} needs a checkpoint directory")
+        return NativeLLM(checkpoint, **kw) if engine == "native" else VLLMLLM(checkpoint, **kw)
     if engine == "openai":
         if not base_url or not model:
             raise LLMError("engine openai needs base_url and model")
         return OpenAILLM(base_url, model, **kw)
-    raise LLMError(f"engine {engine!r}: expected native or openai")
+    raise LLMError(f"engine {engine!r}: expected native, vllm or openai")

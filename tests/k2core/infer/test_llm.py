@@ -148,6 +148,8 @@ def test_bad_configuration_is_named(tmp_path):
         NativeLLM(tmp_path)
     with pytest.raises(LLMError, match="must start with http"):
         OpenAILLM("localhost:8000/v1", "m")
-    with pytest.raises(LLMError, match="engine 'vllm2': expected native or openai"):
+    with pytest.raises(LLMError, match="engine 'vllm2': expected native, vllm or openai"):
         open_llm("vllm2")
+    with pytest.raises(LLMError, match="engine vllm needs a checkpoint"):
+        open_llm("vllm")
     assert cut_at_stop("abc\n\nrest", ["\n\n", "zz"]) == ("abc", True)
