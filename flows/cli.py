@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     from k2core.sandbox import SandboxError
     from k2core.store import StoreError
     from k2core.model.checkpoint import CheckpointError
-    from k2core.experiments.qk_clip import ExperimentError
+    from k2core.experiments import ExperimentError
 
     try:
         return args.func(args)

@@ -1,4 +1,4 @@
-"""`k2 experiment qk-clip`: K2's QK-Clip ablation in miniature, as a Prefect flow or plain."""
+"""`k2 experiment qk-clip | rephrase-vs-repeat`: K2's ablations in miniature, as Prefect flows or plain."""
 from __future__ import annotations
 
 import argparse
@@ -7,30 +7,40 @@ import time
 from pathlib import Path
 
 
-def cmd_qk_clip(args) -> int:
+def _config(cls, sets: list[str] | None):
     from pydantic import ValidationError
 
-    from k2core.config import ConfigError, QKClipExperimentConfig, deep_merge, parse_override
+    from k2core.config import ConfigError, deep_merge, parse_override
 
     data: dict = {}
-    for item in args.set or []:
+    for item in sets or []:
         data = deep_merge(data, parse_override(item))
     try:
-        cfg = QKClipExperimentConfig.model_validate(deep_merge(QKClipExperimentConfig().model_dump(), data))
+        return cls.model_validate(deep_merge(cls().model_dump(), data))
     except ValidationError as e:
         raise ConfigError("invalid experiment config: " + "; ".join(
             f"{'.'.join(map(str, err['loc']))} = {err.get('input')!r}: {err['msg']}" for err in e.errors())) from None
-    out = Path(args.out or f"k2-experiments/qk-clip/{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}")
+
+
+def _run(args, cls, name: str, module: str, flow_name: str) -> tuple[dict, Path]:
+    """Config from --set, output dir, then the experiment plain (--no-flow) or as its Prefect flow."""
+    import importlib
+
+    cfg = _config(cls, args.set)
+    out = Path(args.out or f"k2-experiments/{name}/{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}")
     if args.no_flow:
-        from k2core.experiments.qk_clip import run
+        return importlib.import_module(f"k2core.experiments.{module}").run(cfg, out), out
+    from flows import experiments
+    from flows.cli import _prefect_env
 
-        summary = run(cfg, out)
-    else:
-        from flows.cli import _prefect_env
-        from flows.experiments import qk_clip_flow
+    _prefect_env()
+    return getattr(experiments, flow_name)(config=cfg, out_dir=str(out)), out
 
-        _prefect_env()
-        summary = qk_clip_flow(config=cfg, out_dir=str(out))
+
+def cmd_qk_clip(args) -> int:
+    from k2core.config import QKClipExperimentConfig
+
+    summary, out = _run(args, QKClipExperimentConfig, "qk-clip", "qk_clip", "qk_clip_flow")
     print(summary.get("finding", ""))
     for arm, a in summary["arms"].items():
         print(f"  {arm:9s} final loss {a['final_loss']:.3f}  peak max logit {a['peak_max_logit']:.1f}  "
@@ -41,14 +51,32 @@ def cmd_qk_clip(args) -> int:
     return 0
 
 
+def cmd_rephrase_vs_repeat(args) -> int:
+    from k2core.config import RephraseRepeatExperimentConfig
+
+    summary, out = _run(args, RephraseRepeatExperimentConfig, "rephrase-vs-repeat", "rephrase_vs_repeat",
+                        "rephrase_vs_repeat_flow")
+    print(f"teacher {summary['teacher']}; {summary['probe_items']} cloze questions, chance {summary['chance']:.3f}")
+    for a in summary["arms"].values():
+        print(f"  {a['label']:32s} accuracy {a['accuracy']:.3f}  final loss {a['final_loss']:.3f}")
+    print(f"report: {out / 'report.md'}  (plots: accuracy.png, loss.png; probe.jsonl, rephrasings.jsonl)")
+    if args.json:
+        print(json.dumps(summary))
+    return 0
+
+
 def register(sub) -> None:
-    p = sub.add_parser("experiment", help="run an experiment (qk-clip)")
+    p = sub.add_parser("experiment", help="run an experiment (qk-clip, rephrase-vs-repeat)")
     esub = p.add_subparsers(dest="experiment", required=True)
-    sp = esub.add_parser("qk-clip", help="plain Muon vs MuonClip: max attention logit and loss per step",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    sp.add_argument("--set", action="append", metavar="KEY=VALUE",
-                    help="experiment setting, e.g. steps=1000, tau=30, lr=0.02, preset=h200, model.vocab_size=256")
-    sp.add_argument("--out", help="output directory (default k2-experiments/qk-clip/<UTC time>)")
-    sp.add_argument("--no-flow", action="store_true", help="run without Prefect (no UI artifacts)")
-    sp.add_argument("--json", action="store_true", help="also print the summary as JSON")
-    sp.set_defaults(func=cmd_qk_clip)
+    for name, func, help_, example in (
+            ("qk-clip", cmd_qk_clip, "plain Muon vs MuonClip: max attention logit and loss per step",
+             "steps=1000, tau=30, lr=0.02, preset=h200, model.vocab_size=256"),
+            ("rephrase-vs-repeat", cmd_rephrase_vs_repeat,
+             "raw x10 epochs vs 1 rephrasing x10 vs 10 rephrasings x1 at equal tokens: cloze recall",
+             "docs=20, epochs=10, rephrasings=10, rephrase.checkpoint=DIR, source=FILE.jsonl")):
+        sp = esub.add_parser(name, help=help_, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        sp.add_argument("--set", action="append", metavar="KEY=VALUE", help=f"experiment setting, e.g. {example}")
+        sp.add_argument("--out", help=f"output directory (default k2-experiments/{name}/<UTC time>)")
+        sp.add_argument("--no-flow", action="store_true", help="run without Prefect (no UI artifacts)")
+        sp.add_argument("--json", action="store_true", help="also print the summary as JSON")
+        sp.set_defaults(func=func)

@@ -166,6 +166,9 @@ class FidelityConfig(Section):
     min_entity_recall: float = Field(0.7, ge=0.0, le=1.0, description="share of the source's named entities kept")
     min_length_ratio: float = Field(0.3, ge=0.0, description="rewrite chars / source chars at least")
     max_length_ratio: float = Field(3.0, gt=0.0, description="rewrite chars / source chars at most")
+    judge: Literal["off", "teacher"] = Field(
+        "off", description="teacher: also ask the teacher LLM whether each rewrite states the source's facts "
+                           "(prompts/judge/fidelity.txt; a rewrite passes on a 'yes')")
 
 
 class OptimConfig(Section):
@@ -205,6 +208,33 @@ class QKClipExperimentConfig(Section):
     max_data_mb: float = Field(64.0, gt=0)
     eval_every: int = Field(50, ge=1, description="held-out loss every N steps")
     max_minutes: float | None = Field(None, gt=0, description="stop both arms at the same step after this long")
+
+
+class RephraseRepeatExperimentConfig(Section):
+    """`k2 experiment rephrase-vs-repeat` (K2 §2.2's ablation in miniature): the same small model
+    trained on the same token budget three ways — raw documents × `epochs`, one rephrasing ×
+    `epochs`, `rephrasings` rephrasings × 1 — and scored on cloze questions from the raw documents."""
+
+    source: str = Field("store", description="store: prose documents of the newest curate artifact in `store`; "
+                                             "or a JSONL file with a text field")
+    store: str = Field("k2-store", description="the store the default source and teacher come from")
+    docs: int = Field(20, ge=1, description="knowledge documents")
+    min_chars: int = Field(400, ge=50, description="shorter documents are skipped")
+    max_chars: int = Field(2000, ge=100, description="documents are cut to this many characters (whole sentences)")
+    epochs: int = Field(10, ge=1, description="passes over the raw text (and over the single rephrasing)")
+    rephrasings: int = Field(10, ge=1, description="rephrasings per document of the one-epoch arm")
+    rephrase: "RephraseConfig" = Field(default_factory=lambda: RephraseConfig(chunk_chars=600, max_tokens=160),
+                                       description="teacher (engine / checkpoint / base_url / model), prompts, "
+                                                   "sampling, fidelity thresholds")
+    probe_items: int = Field(200, ge=4, description="cloze questions (at most 5 per document)")
+    choices: int = Field(4, ge=2, description="answers per question: the true one + distractors of its kind")
+    preset: str = Field("tiny", description="student model preset")
+    model: dict[str, Any] = Field(default_factory=lambda: {"vocab_size": 256}, description="byte tokens")
+    batch: int = Field(16, ge=1)
+    seq: int = Field(128, ge=8)
+    lr: float = Field(0.01, gt=0, description="MuonClip learning rate of the students")
+    seed: int = 0
+    device: str = Field("auto", description="auto | cpu | cuda")
 
 
 class PipelineConfig(Section):

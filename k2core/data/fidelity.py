@@ -7,14 +7,22 @@ a rewrite is accepted when it has none.
 Entities are found with a dependency-free heuristic: capitalised words not at a sentence start
 (joined into runs: "New York"), all-caps acronyms, and identifiers (``snake_case``, ``dotted.names``,
 ``CamelCase``) — enough for knowledge prose and docstrings, stated as such in the report.
+
+Optionally (``judge = "teacher"``) an LLM judges each pair too: greedy, a few tokens, "yes" passes,
+"no" is ``judge_rejected``, anything else ``judge_unclear`` (a small model rarely answers the
+question; that is counted, not guessed).
 """
 from __future__ import annotations
 
 import re
+import string
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
-REASONS = ("empty", "low_similarity", "numbers_lost", "entities_lost", "too_short", "too_long")
+REASONS = ("empty", "low_similarity", "numbers_lost", "entities_lost", "too_short", "too_long",
+           "judge_rejected", "judge_unclear")
+JUDGE_PROMPT = Path(__file__).parent / "prompts" / "judge" / "fidelity.txt"
 
 _NUM = re.compile(r"(?<![\w.])[-+]?\d[\d,]*(?:\.\d+)?%?(?![\w])")
 _SENT_START = re.compile(r"(?:^|[.!?:]\s+|\n\s*)$")
@@ -50,6 +58,7 @@ class Verdict:
     reasons: list[str] = field(default_factory=list)
     missing_numbers: list[str] = field(default_factory=list)
     missing_entities: list[str] = field(default_factory=list)
+    judge: str | None = None           # "yes" | "no" | "unclear" when an LLM judged the pair
 
     @property
     def ok(self) -> bool:
@@ -78,12 +87,31 @@ class Embedder:
         return [float(x) for x in (ea * eb).sum(axis=1)]
 
 
-class Verifier:
-    """Checks (source, rewrite) pairs against thresholds; a :class:`~k2core.config.FidelityConfig`."""
+def judge_answer(text: str) -> str:
+    """An LLM judge's reply as "yes", "no" or "unclear" (its first word decides)."""
+    m = re.match(r"\W*(\w+)", text)
+    word = m.group(1).lower() if m else ""
+    return word if word in ("yes", "no") else "unclear"
 
-    def __init__(self, cfg, embedder: Embedder | None = None):
+
+class Verifier:
+    """Checks (source, rewrite) pairs against thresholds; a :class:`~k2core.config.FidelityConfig`.
+    `judge`: an LLM (k2core.infer.llm) asked about each pair when ``cfg.judge`` is on."""
+
+    def __init__(self, cfg, embedder: Embedder | None = None, judge=None):
         self.cfg = cfg
         self._embedder = embedder
+        self.judge = judge if getattr(cfg, "judge", "off") != "off" else None
+
+    def _judge(self, sources: list[str], rewrites: list[str], live: list[int]) -> dict[int, str]:
+        from k2core.infer.llm import TextParams
+
+        if self.judge is None or not live:
+            return {}
+        tpl = string.Template(JUDGE_PROMPT.read_text())
+        prompts = [tpl.safe_substitute(source=sources[i], rewrite=rewrites[i]) for i in live]
+        replies = self.judge.generate(prompts, TextParams(max_tokens=4, temperature=0.0), progress=False)
+        return {i: judge_answer(r.text) for i, r in zip(live, replies)}
 
     @property
     def embedder(self) -> Embedder:
@@ -97,6 +125,7 @@ class Verifier:
         live = [i for i, r in enumerate(rewrites) if r.strip()]
         sims = dict(zip(live, self.embedder.similarity([sources[i] for i in live], [rewrites[i] for i in live]))) \
             if live else {}
+        judged = self._judge(sources, rewrites, live)
         out = []
         for i, (src, new) in enumerate(zip(sources, rewrites)):
             reasons = []
@@ -120,5 +149,9 @@ class Verifier:
                 reasons.append("too_short")
             if ratio > self.cfg.max_length_ratio:
                 reasons.append("too_long")
-            out.append(Verdict(sim, n_recall, e_recall, ratio, reasons, missing_n, missing_e))
+            if judged.get(i) == "no":
+                reasons.append("judge_rejected")
+            elif judged.get(i) == "unclear":
+                reasons.append("judge_unclear")
+            out.append(Verdict(sim, n_recall, e_recall, ratio, reasons, missing_n, missing_e, judged.get(i)))
         return out

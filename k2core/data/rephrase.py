@@ -64,13 +64,23 @@ def resolve_teacher(cfg: PipelineConfig) -> dict[str, Any] | None:
     return {"engine": rc.engine, "pretrain_version": newest[0]}
 
 
-def teacher_checkpoint(ctx: StageContext, teacher: dict[str, Any]) -> str:
+def teacher_checkpoint(store, teacher: dict[str, Any]) -> str:
     """A local directory with the teacher's files (fetched and sha256-checked from any store)."""
     if "checkpoint" in teacher:
         return teacher["checkpoint"]
-    art = ctx.store.artifact("pretrain", teacher["pretrain_version"])
+    art = store.artifact("pretrain", teacher["pretrain_version"])
     paths = [art.path(f) for f in art.files("model/")]
     return str(Path(paths[0]).parent)
+
+
+def open_teacher(cfg, teacher: dict[str, Any], store):
+    """The LLM behind a resolved teacher (`cfg`: a RephraseConfig)."""
+    from k2core.infer.llm import open_llm
+
+    if teacher["engine"] == "openai":
+        return open_llm("openai", base_url=teacher["base_url"], model=teacher["model"], api_key_env=cfg.api_key_env,
+                        timeout=cfg.timeout, retries=cfg.retries, concurrency=cfg.concurrency)
+    return open_llm(teacher["engine"], checkpoint=teacher_checkpoint(store, teacher))
 
 
 def _trained_on_raw_text(store, manifest: dict[str, Any]) -> bool:
@@ -144,6 +154,34 @@ def _pick(doc_id: str, k: int, styles: list[str]) -> str:
     return styles[(int(hashlib.sha256(doc_id.encode()).hexdigest()[:8], 16) + k) % len(styles)]
 
 
+def new_job(doc: dict[str, Any], k: int, cfg) -> dict[str, Any]:
+    """Rephrasing `k` of `doc`: its style (math: the learning note; else the styles in turn) and
+    source chunks; :func:`rewrite` fills ``out``."""
+    style = cfg.math_style if doc.get("domain") == "math" else _pick(doc["id"], k, cfg.styles)
+    return {"doc": doc, "k": k, "style": style, "src": split_chunks(doc["text"], cfg.chunk_chars), "out": []}
+
+
+def rewrite(llm, jobs: list[dict[str, Any]], cfg, templates: dict[str, string.Template], bar) -> int:
+    """Rewrite every job's chunks in place, autoregressively: round r sends chunk r of every job
+    that has one, with the end of that job's rewrite so far, as one batch. Returns the tokens
+    generated."""
+    from k2core.infer.llm import TextParams
+
+    generated = 0
+    for r in range(max((len(j["src"]) for j in jobs), default=0)):
+        live = [j for j in jobs if r < len(j["src"])]
+        prompts = [templates[j["style"]].safe_substitute(
+            passage=j["src"][r], previous=" ".join(j["out"])[-cfg.context_chars:] if j["out"] else "the start")
+            for j in live]
+        params = TextParams(max_tokens=cfg.max_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                            seed=cfg.seed + r, stop=STOPS)
+        for j, c in zip(live, llm.generate(prompts, params, progress=False)):
+            j["out"].append(c.text.strip())
+            generated += c.completion_tokens or 0
+        bar.update(len(live))
+    return generated
+
+
 # ---------------------------------------------------------------------------- the stage
 def run(ctx: StageContext) -> dict[str, Any]:
     import pyarrow as pa
@@ -170,37 +208,18 @@ def run(ctx: StageContext) -> dict[str, Any]:
         return {**base, "status": why, "rephrasings": 0, "accepted": 0, "accept_rate_shortfall": 0.0}
 
     from k2core.data.fidelity import REASONS, Verifier
-    from k2core.infer.llm import TextParams, open_llm
 
     templates = load_templates(cfg)
-    if teacher["engine"] == "openai":
-        llm = open_llm("openai", base_url=teacher["base_url"], model=teacher["model"], api_key_env=cfg.api_key_env,
-                       timeout=cfg.timeout, retries=cfg.retries, concurrency=cfg.concurrency)
-    else:
-        llm = open_llm(teacher["engine"], checkpoint=teacher_checkpoint(ctx, teacher))
+    llm = open_teacher(cfg, teacher, ctx.store)
     ctx.log(f"rephrase: teacher {describe(teacher)}; {len(eligible)} documents")
-    jobs = []          # one per rephrasing: source doc, style, source chunks, rewritten chunks
-    for d in eligible:
-        for k in range(cfg.per_domain[d["domain"]]):
-            style = cfg.math_style if d["domain"] == "math" else _pick(d["id"], k, cfg.styles)
-            jobs.append({"doc": d, "k": k, "style": style, "src": split_chunks(d["text"], cfg.chunk_chars), "out": []})
-    n_rounds = max(len(j["src"]) for j in jobs)
-    generated = 0
-    with llm, ctx.progress(total=sum(len(j["src"]) for j in jobs), desc="rephrase: chunks", unit="chunk") as bar:
-        for r in range(n_rounds):
-            live = [j for j in jobs if r < len(j["src"])]
-            prompts = [templates[j["style"]].safe_substitute(
-                passage=j["src"][r], previous=" ".join(j["out"])[-cfg.context_chars:] if j["out"] else "the start")
-                for j in live]
-            params = TextParams(max_tokens=cfg.max_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                                seed=cfg.seed + r, stop=STOPS)
-            for j, c in zip(live, llm.generate(prompts, params, progress=False)):
-                j["out"].append(c.text.strip())
-                generated += c.completion_tokens or 0
-            bar.update(len(live))
-    verifier = Verifier(cfg.fidelity)
+    # one job per rephrasing: source doc, style, source chunks, rewritten chunks
+    jobs = [new_job(d, k, cfg) for d in eligible for k in range(cfg.per_domain[d["domain"]])]
     flat = [(j, i) for j in jobs for i in range(len(j["src"]))]
-    verdicts = verifier.check([j["src"][i] for j, i in flat], [j["out"][i] for j, i in flat])
+    with llm:
+        with ctx.progress(total=len(flat), desc="rephrase: chunks", unit="chunk") as bar:
+            generated = rewrite(llm, jobs, cfg, templates, bar)
+        verifier = Verifier(cfg.fidelity, judge=llm)       # the teacher judges too when fidelity.judge is on
+        verdicts = verifier.check([j["src"][i] for j, i in flat], [j["out"][i] for j, i in flat])
     by_job: dict[int, list] = {}
     for (j, _), v in zip(flat, verdicts):
         by_job.setdefault(id(j), []).append(v)

@@ -1,0 +1,5 @@
+
+
+
+class ExperimentError(ValueError):
+    """An experiment cannot run as configured; the message says why."""

@@ -16,14 +16,11 @@ from typing import Any, Callable
 import torch
 
 from k2core.config import QKClipExperimentConfig
+from k2core.experiments import ExperimentError
 from k2core.progress import Progress
 from k2core.train.pretrain import evaluate
 
 ARMS = (("muon", "Muon (no clip)"), ("muonclip", "MuonClip"))
-
-
-class ExperimentError(ValueError):
-    """The experiment cannot run as configured; the message says why."""
 
 
 # ---------------------------------------------------------------------------- data

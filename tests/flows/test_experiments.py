@@ -1,4 +1,4 @@
-"""`k2 experiment qk-clip` as a Prefect flow: report (with the plots inline) and progress artifacts."""
+"""`k2 experiment qk-clip | rephrase-vs-repeat` as Prefect flows: report (plots inline) and progress artifacts."""
 import pytest
 
 from k2core.config import QKClipExperimentConfig
@@ -18,3 +18,15 @@ def test_qk_clip_flow_publishes_report_and_plots(tmp_path):
     [prog] = _artifacts("k2-experiment-qk-clip-progress")[:1]
     assert prog.data == pytest.approx(100.0)
     assert (tmp_path / "out" / "report.md").is_file()
+
+
+def test_rephrase_vs_repeat_flow_publishes_report_and_plots(tmp_path):
+    from flows.experiments import rephrase_vs_repeat_flow
+    from tests.k2core.experiments.test_rephrase_vs_repeat import small_config
+
+    summary = rephrase_vs_repeat_flow(config=small_config(tmp_path), out_dir=str(tmp_path / "out"))
+    assert set(summary["arms"]) == {"raw", "one_rephrasing", "many_rephrasings"}
+    [md] = _artifacts("k2-experiment-rephrase-vs-repeat")[:1]
+    assert "Rephrase vs repeat" in md.data and md.data.count("data:image/png;base64,") == 2
+    [prog] = _artifacts("k2-experiment-rephrase-vs-repeat-progress")[:1]
+    assert prog.data == pytest.approx(100.0)

@@ -6,6 +6,7 @@ import pytest
 
 from k2core.config import FidelityConfig
 from k2core.data.fidelity import Verifier, entities, numbers
+from tests.k2core.infer.test_llm import checkpoint  # noqa: F401 — a tiny checkpoint with a tokenizer (fixture)
 
 SRC = ("In 1969, Neil Armstrong and Buzz Aldrin landed on the Moon with Apollo 11. About 3.5% of the "
        "1,200 engineers at NASA had worked on the lunar module. The landing site was the Sea of Tranquility.")
@@ -47,3 +48,25 @@ def test_each_lost_fact_is_named(verifier):
     assert "too_short" in short.reasons and "too_long" in long.reasons
     with pytest.raises(ValueError, match="2 sources but 1 rewrites"):
         verifier.check([SRC, SRC], [SRC])
+
+
+def test_judge_replies_are_read_by_their_first_word():
+    from k2core.data.fidelity import judge_answer
+
+    assert [judge_answer(t) for t in [" Yes, it does.", "no", "\n\nNO - the year changed", "maybe", "", "yesterday"]] \
+        == ["yes", "no", "no", "unclear", "unclear", "unclear"]
+
+
+def test_an_llm_judge_adds_its_verdict_to_each_pair(checkpoint):
+    """A real (random, tiny) native model as the judge: whatever it answers is parsed and counted."""
+    from k2core.infer.llm import NativeLLM
+
+    src = ["The bridge was built in 1820 by Thomas Telford."]
+    new = ["Thomas Telford built the bridge in 1820."]
+    judge = NativeLLM(checkpoint, device="cpu")
+    off = Verifier(FidelityConfig(), judge=judge).check(src, new)[0]
+    assert off.judge is None and "judge_unclear" not in off.reasons           # judge = off: not asked
+    on = Verifier(FidelityConfig(judge="teacher"), judge=judge).check(src, new)[0]
+    assert on.judge in ("yes", "no", "unclear")
+    assert ("judge_rejected" in on.reasons) == (on.judge == "no")
+    assert ("judge_unclear" in on.reasons) == (on.judge == "unclear")
