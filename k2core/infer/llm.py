@@ -253,6 +253,8 @@ class VLLMLLM(_CheckpointLLM):
             except Exception:  # noqa: BLE001 — a worker that will not stop is killed
                 proc.kill()
                 proc.wait()
+        if getattr(self, "_log", None) is not None:
+            self._log.close()                       # the log file stays for reading (its path is in errors)
 
 
 # ---------------------------------------------------------------------------- openai

@@ -24,7 +24,8 @@ def test_rephrase_vs_repeat_flow_publishes_report_and_plots(tmp_path):
     from flows.experiments import rephrase_vs_repeat_flow
     from tests.k2core.experiments.test_rephrase_vs_repeat import small_config
 
-    summary = rephrase_vs_repeat_flow(config=small_config(tmp_path), out_dir=str(tmp_path / "out"))
+    cfg = small_config(tmp_path).model_copy(update={"epochs": 1, "rephrasings": 1, "probe_items": 8})
+    summary = rephrase_vs_repeat_flow(config=cfg, out_dir=str(tmp_path / "out"))
     assert set(summary["arms"]) == {"raw", "one_rephrasing", "many_rephrasings"}
     [md] = _artifacts("k2-experiment-rephrase-vs-repeat")[:1]
     assert "Rephrase vs repeat" in md.data and md.data.count("data:image/png;base64,") == 2

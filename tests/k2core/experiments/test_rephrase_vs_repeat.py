@@ -61,10 +61,22 @@ def small_config(tmp_path) -> RephraseRepeatExperimentConfig:
         "rephrase": {"checkpoint": str(ckpt), "max_tokens": 24, "chunk_chars": 200}})
 
 
-def test_equal_budget_streams_and_a_full_run_with_a_real_teacher(tmp_path):
+def test_equal_budget_streams_and_a_full_run_from_the_cli_with_a_real_teacher(tmp_path, capsys):
+    from flows.cli import main
+
+    assert main(["experiment", "rephrase-vs-repeat", "--no-flow", "--set", "choices=1"]) == 2
+    assert "choices = 1" in capsys.readouterr().err
     cfg = small_config(tmp_path)
     ckpt = cfg.rephrase.checkpoint
-    s = run(cfg, tmp_path / "out", log=lambda m: None)
+    args = ["experiment", "rephrase-vs-repeat", "--no-flow", "--json", "--out", str(tmp_path / "out")]
+    for key, value in [("source", cfg.source), ("store", cfg.store), ("docs", 4), ("min_chars", 100), ("epochs", 2),
+                       ("rephrasings", 2), ("probe_items", 12), ("batch", 2), ("seq", 64),
+                       ("rephrase.max_tokens", 24), ("rephrase.chunk_chars", 200), ("rephrase.checkpoint", ckpt)]:
+        args += ["--set", f"{key}={value}"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "raw × 2 epochs" in out and "2 rephrasings × 1 epoch" in out and "report:" in out
+    s = json.loads(out.strip().splitlines()[-1])
 
     assert s["teacher"] == f"native:{ckpt}" and s["documents"] == 4
     reph = [json.loads(x) for x in (tmp_path / "out" / "rephrasings.jsonl").read_text().splitlines()]
@@ -87,6 +99,8 @@ def test_equal_budget_streams_and_a_full_run_with_a_real_teacher(tmp_path):
     report = (tmp_path / "out" / "report.md").read_text()
     assert f"native:{ckpt}" in report and f"{s['arms']['raw']['accuracy']:.3f}" in report
     assert (tmp_path / "out" / "accuracy.png").stat().st_size > 10_000
+    assert main([*args, "--set", "rephrase.checkpoint=" + str(tmp_path / "nowhere")]) != 0
+    assert "no config.json" in capsys.readouterr().err
 
 
 def test_streams_follow_the_arm_definitions():
@@ -112,20 +126,3 @@ def test_no_teacher_and_bad_sources_are_named(tmp_path):
     with pytest.raises(ExperimentError, match="bad.jsonl:2: not JSON"):
         run(RephraseRepeatExperimentConfig(source=str(bad)), tmp_path / "o3", log=lambda m: None)
 
-
-def test_cli_runs_it_and_names_bad_settings(tmp_path, capsys):
-    from flows.cli import main
-
-    assert main(["experiment", "rephrase-vs-repeat", "--no-flow", "--set", "choices=1"]) == 2
-    assert "choices = 1" in capsys.readouterr().err
-    cfg = small_config(tmp_path)
-    args = ["experiment", "rephrase-vs-repeat", "--no-flow", "--out", str(tmp_path / "cli")]
-    for key, value in [("source", cfg.source), ("store", cfg.store), ("docs", 4), ("min_chars", 100), ("epochs", 1),
-                       ("rephrasings", 1), ("probe_items", 8), ("batch", 2), ("seq", 64),
-                       ("rephrase.checkpoint", cfg.rephrase.checkpoint), ("rephrase.max_tokens", 8)]:
-        args += ["--set", f"{key}={value}"]
-    assert main(args) == 0
-    out = capsys.readouterr().out
-    assert "raw × 1 epoch " in out and "1 rephrasing × 1 epoch" in out and "accuracy" in out and (tmp_path / "cli" / "report.md").is_file()
-    assert main([*args[:-2], "--set", "rephrase.checkpoint=" + str(tmp_path / "nowhere")]) != 0
-    assert "no config.json" in capsys.readouterr().err
