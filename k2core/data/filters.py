@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import ClassVar
 
 from pydantic import ConfigDict
@@ -261,6 +262,12 @@ class GopherRepetitionFilter:
         return None
 
 
+@lru_cache(maxsize=1 << 18)
+def _word_class(w: str) -> tuple[bool, bool]:
+    """(every character punctuation / symbol, some character alphabetic) of a word token."""
+    return is_symbol(w), has_alpha(w)
+
+
 @filter_config
 class GopherQualityFilter:
     min_doc_words: int = 50
@@ -276,13 +283,19 @@ class GopherQualityFilter:
 
     def __call__(self, doc: Doc) -> str | None:
         text, counts = doc.text, doc.counts
-        words_ = [(w, c) for w, c in counts.items() if not is_symbol(w)]
-        n_words = sum(c for _, c in words_)
+        n_words = n_chars = n_alpha = 0          # one pass over the distinct words, classes cached
+        for w, c in counts.items():
+            symbol, alpha = _word_class(w)
+            if not symbol:
+                n_words += c
+                n_chars += len(w) * c
+            if alpha:
+                n_alpha += c
         if n_words < self.min_doc_words:
             return "gopher_short_doc"
         if n_words > self.max_doc_words:
             return "gopher_long_doc"
-        avg = sum(len(w) * c for w, c in words_) / n_words
+        avg = n_chars / n_words
         if avg < self.min_avg_word_length:
             return "gopher_below_avg_threshold"
         if avg > self.max_avg_word_length:
@@ -297,7 +310,7 @@ class GopherQualityFilter:
             return "gopher_too_many_bullets"
         if sum(s.rstrip().endswith(("...", "…")) for s in lines) / len(lines) > self.max_ellipsis_lines_ratio:
             return "gopher_too_many_end_ellipsis"
-        if sum(c for w, c in counts.items() if has_alpha(w)) / n < self.min_alpha_words_ratio:
+        if n_alpha / n < self.min_alpha_words_ratio:
             return "gopher_below_alpha_threshold"
         if len(STOP_WORDS.intersection(counts)) < self.min_stop_words:
             return "gopher_enough_stop_words"
