@@ -101,7 +101,7 @@ class Verifier:
     def __init__(self, cfg, embedder: Embedder | None = None, judge=None):
         self.cfg = cfg
         self._embedder = embedder
-        self.judge = judge if getattr(cfg, "judge", "off") != "off" else None
+        self.judge = judge if cfg.judge != "off" else None
 
     def _judge(self, sources: list[str], rewrites: list[str], live: list[int]) -> dict[int, str]:
         from k2core.infer.llm import TextParams

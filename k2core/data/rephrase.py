@@ -182,6 +182,13 @@ def rewrite(llm, jobs: list[dict[str, Any]], cfg, templates: dict[str, string.Te
     return generated
 
 
+def check_jobs(verifier, jobs: list[dict[str, Any]]) -> list[list[Any]]:
+    """Every job's chunk verdicts (source chunk against its rewrite), in job order, checked as one batch."""
+    pairs = [(src, out) for j in jobs for src, out in zip(j["src"], j["out"])]
+    verdicts = iter(verifier.check([a for a, _ in pairs], [b for _, b in pairs]))
+    return [[next(verdicts) for _ in j["src"]] for j in jobs]
+
+
 # ---------------------------------------------------------------------------- the stage
 def run(ctx: StageContext) -> dict[str, Any]:
     import pyarrow as pa
@@ -214,22 +221,18 @@ def run(ctx: StageContext) -> dict[str, Any]:
     ctx.log(f"rephrase: teacher {describe(teacher)}; {len(eligible)} documents")
     # one job per rephrasing: source doc, style, source chunks, rewritten chunks
     jobs = [new_job(d, k, cfg) for d in eligible for k in range(cfg.per_domain[d["domain"]])]
-    flat = [(j, i) for j in jobs for i in range(len(j["src"]))]
     with llm:
-        with ctx.progress(total=len(flat), desc="rephrase: chunks", unit="chunk") as bar:
+        with ctx.progress(total=sum(len(j["src"]) for j in jobs), desc="rephrase: chunks", unit="chunk") as bar:
             generated = rewrite(llm, jobs, cfg, templates, bar)
-        verifier = Verifier(cfg.fidelity, judge=llm)       # the teacher judges too when fidelity.judge is on
-        verdicts = verifier.check([j["src"][i] for j, i in flat], [j["out"][i] for j, i in flat])
-    by_job: dict[int, list] = {}
-    for (j, _), v in zip(flat, verdicts):
-        by_job.setdefault(id(j), []).append(v)
+        # the teacher judges too when fidelity.judge is on
+        per_job = check_jobs(Verifier(cfg.fidelity, judge=llm), jobs)
+    verdicts = [v for vs in per_job for v in vs]
     rows, reason_counts = [], {r: 0 for r in REASONS}
     for v in verdicts:
         for r in v.reasons:
             reason_counts[r] += 1
     desc = describe(teacher)
-    for j in jobs:
-        vs = by_job[id(j)]
+    for j, vs in zip(jobs, per_job):
         sims = [v.similarity for v in vs if v.similarity is not None]
         text = "\n\n".join(j["out"])
         reasons = sorted({r for v in vs for r in v.reasons})

@@ -36,11 +36,14 @@ def _unit(doc_id: str, salt: str) -> float:
 def read_input_rows(ctx: StageContext, stage: str, columns: list[str]) -> list[dict[str, Any]]:
     """`columns` of every row in the `stage` input's data/ shards, sorted by id (shard layout never
     changes the result); none when the stage is not an input."""
+    art = ctx.inputs.get(stage)
+    return read_artifact_rows(art, columns) if art is not None else []
+
+
+def read_artifact_rows(art, columns: list[str]) -> list[dict[str, Any]]:
+    """`columns` of every row in an artifact's data/ shards, sorted by id."""
     import pyarrow.parquet as pq
 
-    art = ctx.inputs.get(stage)
-    if art is None:
-        return []
     rows = []
     for rel in art.files("data/"):
         rows += pq.read_table(art.path(rel), columns=columns).to_pylist()

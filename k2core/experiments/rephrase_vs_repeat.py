@@ -58,8 +58,7 @@ def _cut(text: str, limit: int) -> str:
 def load_documents(cfg: RephraseRepeatExperimentConfig) -> list[dict[str, Any]]:
     """`cfg.docs` knowledge documents (id, text): prose of the newest curate artifact, or a JSONL file."""
     if cfg.source == "store":
-        import pyarrow.parquet as pq
-
+        from k2core.data.tokenize import read_artifact_rows
         from k2core.store import open_store
 
         store = open_store(cfg.store)
@@ -68,11 +67,8 @@ def load_documents(cfg: RephraseRepeatExperimentConfig) -> list[dict[str, Any]]:
         if not arts:
             raise ExperimentError(f"source = store: no curate artifact in {cfg.store} "
                                   "(run `k2 run --stages ingest..curate` first, or give a JSONL file)")
-        art = store.artifact("curate", arts[0][1])
-        rows = []
-        for rel in art.files("data/"):
-            rows += pq.read_table(art.path(rel), columns=["id", "text", "domain"]).to_pylist()
-        rows = [r for r in sorted(rows, key=lambda r: r["id"]) if r["domain"] == "prose"]
+        rows = [r for r in read_artifact_rows(store.artifact("curate", arts[0][1]), ["id", "text", "domain"])
+                if r["domain"] == "prose"]
     else:
         path = Path(cfg.source)
         if not path.is_file():
@@ -213,7 +209,8 @@ def rephrase_documents(cfg, docs, out_dir: Path, log: Callable[[str], None]) -> 
     """`cfg.rephrasings` rewrites of every document by the stage's teacher, prompts and verifier."""
     from k2core.config import PipelineConfig
     from k2core.data.fidelity import Verifier
-    from k2core.data.rephrase import describe, load_templates, new_job, open_teacher, resolve_teacher, rewrite
+    from k2core.data.rephrase import (check_jobs, describe, load_templates, new_job, open_teacher,
+                                      resolve_teacher, rewrite)
     from k2core.store import open_store
 
     rc = cfg.rephrase
@@ -225,24 +222,21 @@ def rephrase_documents(cfg, docs, out_dir: Path, log: Callable[[str], None]) -> 
     desc = describe(teacher)
     log(f"rephrase-vs-repeat: teacher {desc}; {len(docs)} documents × {cfg.rephrasings} rephrasings")
     jobs = [new_job(d, k, rc) for d in docs for k in range(cfg.rephrasings)]
-    flat = [(j, i) for j in jobs for i in range(len(j["src"]))]
     with open_teacher(rc, teacher, open_store(cfg.store)) as llm:
-        with Progress(len(flat), "rephrase-vs-repeat: teacher chunks", unit="chunk") as bar:
+        with Progress(sum(len(j["src"]) for j in jobs), "rephrase-vs-repeat: teacher chunks", unit="chunk") as bar:
             generated = rewrite(llm, jobs, rc, load_templates(rc), bar)
-        verdicts = Verifier(rc.fidelity, judge=llm).check([j["src"][i] for j, i in flat],
-                                                          [j["out"][i] for j, i in flat])
-    ok: dict[int, bool] = {}
-    for (j, _), v in zip(flat, verdicts):
-        ok[id(j)] = ok.get(id(j), True) and not v.reasons
+        per_job = check_jobs(Verifier(rc.fidelity, judge=llm), jobs)
+    ok = [all(not v.reasons for v in vs) for vs in per_job]
+    verdicts = [v for vs in per_job for v in vs]
     reph: dict[str, list[str]] = {d["id"]: [] for d in docs}
     with open(out_dir / "rephrasings.jsonl", "w") as f:
-        for j in jobs:
+        for j, passes in zip(jobs, ok):
             text = "\n\n".join(j["out"])
             reph[j["doc"]["id"]].append(text)
             f.write(json.dumps({"source_id": j["doc"]["id"], "k": j["k"], "style": j["style"], "text": text,
-                                "passes_fidelity": ok[id(j)]}) + "\n")
+                                "passes_fidelity": passes}) + "\n")
     sims = sorted(v.similarity for v in verdicts if v.similarity is not None)
-    fid = {"rephrasings": len(jobs), "passing_fidelity": sum(ok.values()), "chunks": len(verdicts),
+    fid = {"rephrasings": len(jobs), "passing_fidelity": sum(ok), "chunks": len(verdicts),
            "generated_tokens": generated,
            "similarity_median": sims[len(sims) // 2] if sims else None,
            "min_similarity": rc.fidelity.min_similarity}

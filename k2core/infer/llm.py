@@ -15,8 +15,12 @@ vllm backends; the native backend seeds its batch generator once.
 """
 from __future__ import annotations
 
+import json
 import os
+import queue
 import random
+import subprocess
+import tempfile
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -171,11 +175,6 @@ class VLLMLLM(_CheckpointLLM):
 
     def __init__(self, checkpoint: str | Path, *, python: str | Path | None = None, dtype: str = "auto",
                  max_model_len: int | None = 2048, startup_timeout: float = 900.0, timeout: float = 3600.0):
-        import json
-        import queue
-        import subprocess
-        import tempfile
-
         path = Path(checkpoint).absolute()
         self._load_tokenizer(path)
         py = Path(python).absolute() if python else vllm_python()
@@ -186,7 +185,6 @@ class VLLMLLM(_CheckpointLLM):
         if max_model_len:
             max_model_len = min(max_model_len, int(cfg.get("max_position_embeddings", max_model_len)))
         self.timeout = timeout
-        self._json = json
         self._log = tempfile.NamedTemporaryFile("w+", prefix="k2-vllm-", suffix=".log", delete=False)
         env = {**os.environ, "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1"}
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -207,8 +205,6 @@ class VLLMLLM(_CheckpointLLM):
         self.version = ready.get("vllm")
 
     def _read(self, timeout: float, doing: str) -> dict:
-        import queue
-
         try:
             line = self._lines.get(timeout=timeout)
         except queue.Empty:
@@ -220,7 +216,7 @@ class VLLMLLM(_CheckpointLLM):
             tail = Path(self._log.name).read_text(errors="replace")[-3000:]
             raise LLMError(f"vllm engine: the worker exited (rc {self._proc.returncode}) while {doing}; "
                            f"log {self._log.name}:\n{tail}")
-        msg = self._json.loads(line)
+        msg = json.loads(line)
         if "error" in msg:
             raise LLMError(f"vllm engine: {msg['error']}")
         return msg
@@ -238,7 +234,7 @@ class VLLMLLM(_CheckpointLLM):
             if self._proc.poll() is not None:
                 raise LLMError(f"vllm engine: the worker is not running (rc {self._proc.returncode}); "
                                f"log: {self._log.name}")
-            self._proc.stdin.write(self._json.dumps(req) + "\n")
+            self._proc.stdin.write(json.dumps(req) + "\n")
             self._proc.stdin.flush()
             outs = self._read(self.timeout, f"generating {len(prompts)} completions")["outputs"]
             bar.update(len(prompts))

@@ -11,11 +11,11 @@ kept as a strict xfail: it fails the suite the day vLLM (or a fix of ours) makes
 """
 from __future__ import annotations
 
-import os
 import pytest
 import torch
 
-from k2core.infer.llm import LLMError, NativeLLM, TextParams, VLLMLLM, vllm_python
+from k2core.infer.llm import LLMError, NativeLLM, TextParams, VLLMLLM
+from tests.k2core.model.test_vllm import vllm_python
 
 TEXT = ("The miller crossed the bridge to the market. The baker sold bread near the church. "
         "In winter the lake froze and the children skated past the old tower. ") * 20
@@ -31,11 +31,7 @@ def trained(tmp_path_factory):
     from k2core.model import K2ForCausalLM, ModelConfig
     from k2core.model.checkpoint import save_checkpoint
 
-    if vllm_python() is None:
-        msg = "no vLLM environment (run `make vllm-env`)"
-        if os.environ.get("K2_REQUIRE_VLLM") == "1":
-            pytest.fail(msg)
-        pytest.skip(msg)
+    vllm_python()            # skips without a vLLM environment (fails under K2_REQUIRE_VLLM=1)
     out = tmp_path_factory.mktemp("vllm") / "model"
     tok = train_tokenizer([TEXT], vocab_size=300, min_frequency=1)
     torch.manual_seed(0)

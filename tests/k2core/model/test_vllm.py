@@ -24,18 +24,20 @@ import torch
 from k2core.infer import Engine, SamplingParams
 from k2core.model.checkpoint import init_checkpoint, load_checkpoint
 
-ROOT = Path(__file__).resolve().parents[3]
 HELPER = Path(__file__).with_name("vllm_greedy.py")
 
 
 def vllm_python() -> str:
-    py = os.environ.get("K2_VLLM_PYTHON") or str(ROOT / ".venv-vllm" / "bin" / "python")
-    if not Path(py).exists():
-        msg = f"no vLLM environment at {py} (run `make vllm-env`)"
+    """The vLLM environment's python (k2's own lookup); skip without one, fail under K2_REQUIRE_VLLM=1."""
+    from k2core.infer.llm import vllm_python as find
+
+    py = find()
+    if py is None or not py.exists():
+        msg = f"no vLLM environment at {py or '.venv-vllm/bin/python'} (run `make vllm-env`)"
         if os.environ.get("K2_REQUIRE_VLLM") == "1":
             pytest.fail(msg)
         pytest.skip(msg)
-    return str(Path(py).absolute())      # the helper runs with its own working directory
+    return str(py)                        # absolute: the helper runs with its own working directory
 
 
 TIE = 0.05   # nats
