@@ -19,14 +19,35 @@ def reply(obj) -> None:
     sys.stdout.flush()
 
 
+def engine_kwargs(opts: dict) -> dict:
+    """``vllm.LLM`` arguments for a k2 checkpoint (token ids in and out).
+
+    On the CPU platform vLLM's C++ rotary kernel is switched off (``-rotary_embedding``: its
+    PyTorch implementation runs instead). vLLM 0.32's CPU kernel assumes a contiguous query, and MLA
+    hands it the rope slice ``q[..., qk_nope_head_dim:]`` of a (tokens, heads, nope + rope) tensor:
+    with tiny-vllm's 4 heads it rotates prompt token t by position 4t (the head stride taken for
+    the token stride) and leaves the last three quarters of the prompt unrotated — measured on a
+    trained checkpoint, where vLLM's log-probabilities drifted from the model after the first
+    position; with it off they agree within 1e-6 (docs/benchmarks.md).
+    """
+    from vllm.platforms import current_platform
+
+    kw = dict(model=opts["model"], skip_tokenizer_init=True, dtype=opts.get("dtype", "auto"),
+              enforce_eager=opts.get("enforce_eager", True), max_model_len=opts.get("max_model_len"),
+              gpu_memory_utilization=opts.get("gpu_memory_utilization", 0.5), seed=opts.get("seed", 0))
+    if opts.get("max_num_seqs"):
+        kw["max_num_seqs"] = opts["max_num_seqs"]
+    if current_platform.is_cpu():
+        kw["compilation_config"] = {"custom_ops": ["-rotary_embedding"]}
+    return kw
+
+
 def main() -> None:
     opts = json.loads(sys.argv[1])
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
-    llm = LLM(model=opts["model"], skip_tokenizer_init=True, dtype=opts.get("dtype", "auto"),
-              enforce_eager=opts.get("enforce_eager", True), max_model_len=opts.get("max_model_len"),
-              gpu_memory_utilization=opts.get("gpu_memory_utilization", 0.5), seed=opts.get("seed", 0))
+    llm = LLM(**engine_kwargs(opts))
     import vllm
 
     reply({"ready": True, "vllm": vllm.__version__})

@@ -2,12 +2,9 @@
 build in its own environment, through the persistent worker (marked slow; `make test` builds
 `.venv-vllm` and sets K2_REQUIRE_VLLM=1, so a missing environment fails instead of skipping).
 
-Known (docs/benchmarks.md, "vLLM backend"): on a *trained* checkpoint vLLM 0.32's CPU build does
-not reproduce the model — transformers' DeepseekV3ForCausalLM and the native engine agree exactly,
-vLLM agrees at the first position (attention over one token: no query/key involved; on random
-weights tests/k2core/model/test_vllm.py holds) and drifts after it, also with every layer dense,
-so the difference is in its attention. The equality test is
-kept as a strict xfail: it fails the suite the day vLLM (or a fix of ours) makes it pass.
+The trained checkpoint matters: at random initialisation attention is near-uniform whatever the
+rotary positions, so tests/k2core/model/test_vllm.py alone could not see vLLM 0.32's CPU rotary
+kernel mis-rotating MLA's query slice (fixed by the worker's engine_kwargs; docs/benchmarks.md).
 """
 from __future__ import annotations
 
@@ -73,8 +70,6 @@ def test_vllm_worker_errors_are_named(trained, tmp_path):
         VLLMLLM(tmp_path)
 
 
-@pytest.mark.xfail(strict=True, reason="vLLM 0.32 CPU attention drifts from the model on a trained "
-                                        "checkpoint (module docstring)")
 def test_vllm_greedy_text_equals_native(vllm, trained):
     native = NativeLLM(trained, device="cpu")
     params = TextParams(max_tokens=12)

@@ -3,13 +3,10 @@
 vLLM lives in its own environment (`make vllm-env`, ~3.5 GB; `make test` builds it and sets
 K2_REQUIRE_VLLM=1 so a missing environment fails instead of skipping).
 
-vLLM's CPU kernels are not batch-invariant: one prompt's log-probabilities move by ~5e-3 between
-batch compositions (measured: -7.2051 batched vs -7.2105 alone for the same token). A random
-model's outputs are near-uniform, and its top two logits are sometimes closer than that, so at
-such a near-tie vLLM may pick the runner-up. The test therefore checks vLLM's tokens against the
-native model step by step (teacher-forced on vLLM's own sequence): each must be the native argmax,
-or — only where the native top-2 gap is below TIE (10× vLLM's noise) — within TIE of it; and the
-native free-running greedy continuation must equal vLLM's up to the first such near-tie.
+Greedy tokens must equal the native engine's token for token, and vLLM's log-probability of each
+chosen token the native model's within 1e-4 (fp32; measured ≤ 1e-6). Both hold only with the
+backend's CPU setting of the rotary op (k2core/infer/vllm_worker.py: engine_kwargs): vLLM 0.32's
+C++ rotary kernel mis-rotates MLA's query slice, which once looked like batch-dependent noise here.
 """
 from __future__ import annotations
 
@@ -40,9 +37,6 @@ def vllm_python() -> str:
     return str(py)                        # absolute: the helper runs with its own working directory
 
 
-TIE = 0.05   # nats
-
-
 @pytest.mark.slow
 def test_vllm_greedy_equals_native_engine(tmp_path):
     py = vllm_python()
@@ -57,17 +51,12 @@ def test_vllm_greedy_equals_native_engine(tmp_path):
     theirs = json.loads(lines[-1].removeprefix("VLLM_RESULT "))
     model = load_checkpoint(ckpt)
     ours = Engine(model).generate(prompts, SamplingParams(max_tokens=16, temperature=0))
-    exact = 0
+    worst = 0.0
     for prompt, mine, toks, lps in zip(prompts, ours, theirs["tokens"], theirs["logprobs"]):
-        with torch.no_grad():   # the native model on vLLM's sequence
+        assert mine.token_ids == toks, (prompt, mine.token_ids, toks)
+        with torch.no_grad():   # the native model's log-probabilities of vLLM's tokens
             logits = model(torch.tensor([prompt + toks])).logits[0, len(prompt) - 1:-1]
-        top2 = logits.topk(2, dim=-1).values
-        chosen = logits.gather(1, torch.tensor(toks)[:, None]).squeeze(1)
-        near_tie = (top2[:, 0] - top2[:, 1]) < TIE
-        assert bool(((chosen == top2[:, 0]) | (near_tie & (top2[:, 0] - chosen < TIE))).all()), (prompt, toks)
-        first_tie = int(near_tie.nonzero()[0]) if near_tie.any() else len(toks)
-        assert mine.token_ids[:first_tie] == toks[:first_tie]
-        exact += mine.token_ids == toks
         ours_lp = logits.log_softmax(-1).gather(1, torch.tensor(toks)[:, None]).squeeze(1)
-        assert (ours_lp - torch.tensor(lps)).abs().max().item() < 2e-2
-    print(f"{exact}/{len(prompts)} continuations identical token for token")
+        worst = max(worst, (ours_lp - torch.tensor(lps)).abs().max().item())
+    assert worst < 1e-4, worst
+    print(f"max |log p(vLLM) - log p(native)| = {worst:.2e}")

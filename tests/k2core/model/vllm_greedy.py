@@ -5,6 +5,10 @@ prints VLLM_RESULT {"tokens": [[ids]], "logprobs": [[logprob of each chosen toke
 """
 import json
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "k2core" / "infer"))
+from vllm_worker import engine_kwargs  # noqa: E402 — the backend's own vllm.LLM arguments
 
 
 def main() -> None:
@@ -12,8 +16,8 @@ def main() -> None:
     from vllm.inputs import TokensPrompt
 
     ckpt, prompts, max_tokens, dtype = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-    llm = LLM(model=ckpt, skip_tokenizer_init=True, dtype=dtype, enforce_eager=True,
-              gpu_memory_utilization=0.3, max_model_len=512, max_num_seqs=len(prompts), seed=0)
+    llm = LLM(**engine_kwargs({"model": ckpt, "dtype": dtype, "gpu_memory_utilization": 0.3,
+                               "max_model_len": 512, "max_num_seqs": len(prompts)}))
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True, detokenize=False,
                             logprobs=1)
     outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
