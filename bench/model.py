@@ -139,7 +139,7 @@ def bench_generate(args, dev) -> list[dict]:
             with profile(activities=acts) as prof:
                 run()
             key = "self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total"
-            print(prof.key_averages().table(sort_by=key, row_limit=30), flush=True)
+            print(prof.key_averages().table(sort_by=key, row_limit=40, max_name_column_width=110), flush=True)
         times = []
         for _ in range(args.gen_repeat):
             sync(dev)

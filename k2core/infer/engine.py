@@ -76,7 +76,7 @@ class Engine:
 
     def __init__(self, model: K2ForCausalLM, *, cuda_graph: bool | None = None, compile: bool | None = None,
                  max_batch: int = 64):
-        self.model = model.eval()
+        self.model = model.eval().fuse_for_decode()   # fewer, larger GEMMs per decode step
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         cuda = self.device.type == "cuda"
@@ -157,24 +157,25 @@ class Engine:
         cache.static = step is not None   # replays attend over all max_len columns, masked
         tokens = torch.empty(B, params.max_tokens, dtype=torch.long, device=self.device)
         done = torch.zeros(B, dtype=torch.bool, device=self.device)
-        stops = torch.tensor(params.stop_token_ids or [-1], device=self.device)
+        # without stop tokens every row runs to max_tokens: no per-step check, no host sync
+        stops = torch.tensor(params.stop_token_ids, device=self.device) if params.stop_token_ids else None
         n = 0
         greedy_next = None
         for t in range(params.max_tokens):
             nxt = greedy_next if greedy_next is not None else sample(logits, params, gen)
             tokens[:, t] = nxt
-            done |= torch.isin(nxt, stops)
+            if stops is not None:
+                done |= torch.isin(nxt, stops)
             n = t + 1
             if on_token is not None:
                 on_token(t, nxt)
-            if t + 1 == params.max_tokens or ((t + 1) % 8 == 0 and bool(done.all())):
+            if t + 1 == params.max_tokens or (stops is not None and (t + 1) % 8 == 0 and bool(done.all())):
                 break
             if step:
                 logits, argmax = step(nxt)
                 greedy_next = argmax if params.greedy else None   # argmax ran inside the graph
             else:
                 logits = self._forward(nxt[:, None], cache)
-            logits = logits.float()
         rows = tokens[:, :n].tolist()
         stop_set = set(params.stop_token_ids)
         results = []

@@ -37,6 +37,22 @@ class RMSNorm(nn.Module):
         return self.weight * y.to(x.dtype)
 
 
+def fuse_rows(*linears_or_params) -> torch.Tensor:
+    """One weight whose row blocks are the given weights, which become views into it.
+
+    For inference (``K2ForCausalLM.fuse_for_decode``): one GEMM instead of several on the same
+    input, with no second copy of the weights — an in-place update of a parameter is an update of
+    the fused weight. Parameters stay the same objects (only ``.data`` is rebound)."""
+    params = [w.weight if isinstance(w, nn.Linear) else w for w in linears_or_params]
+    rows = [p.data.reshape(-1, p.shape[-1]) for p in params]
+    fused = torch.cat(rows, dim=0)
+    start = 0
+    for p, r in zip(params, rows):
+        p.data = fused[start:start + r.shape[0]].view(p.shape)
+        start += r.shape[0]
+    return fused
+
+
 def rope_inv_freq(cfg: ModelConfig) -> tuple[torch.Tensor, float]:
     """Inverse frequencies of the rotary dims and the cos/sin scale (YaRN's attention factor)."""
     d, base = cfg.qk_rope_head_dim, cfg.rope_theta
@@ -94,6 +110,7 @@ class MLA(nn.Module):
         self.kv_b_proj = nn.Linear(cfg.kv_lora_rank, n * (cfg.qk_nope_head_dim + cfg.v_head_dim), bias=False)
         self.o_proj = nn.Linear(n * cfg.v_head_dim, h, bias=False)
         self.scale = cfg.softmax_scale
+        self._fused_a: torch.Tensor | None = None   # [q_a; kv_a] rows for inference (fuse_for_decode)
 
     def _q(self, x: torch.Tensor) -> torch.Tensor:
         if self.cfg.q_lora_rank:
@@ -103,17 +120,22 @@ class MLA(nn.Module):
     def forward(self, x_BTH: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 cache: "LayerCache | None" = None, want_max_logit: bool = False):
         B, T, _ = x_BTH.shape
-        q_BTND = self._q(x_BTH).view(B, T, self.num_heads, self.dn + self.dr)
-        q_nope, q_rope = q_BTND.split([self.dn, self.dr], dim=-1)
-        c_BTC, k_rope_BTD = self.kv_a_proj_with_mqa(x_BTH).split([self.kv_lora_rank, self.dr], dim=-1)
+        if self._fused_a is not None and not torch.is_grad_enabled():
+            qa, kv_a = F.linear(x_BTH, self._fused_a).split([self.cfg.q_lora_rank, self.kv_lora_rank + self.dr], -1)
+            q = self.q_b_proj(self.q_a_layernorm(qa))
+        else:
+            q, kv_a = self._q(x_BTH), self.kv_a_proj_with_mqa(x_BTH)
+        q_nope, q_rope = q.view(B, T, self.num_heads, self.dn + self.dr).split([self.dn, self.dr], dim=-1)
+        c_BTC, k_rope_BTD = kv_a.split([self.kv_lora_rank, self.dr], dim=-1)
         c_BTC = self.kv_a_layernorm(c_BTC)
         q_rope = apply_rope(q_rope, cos[:, :, None], sin[:, :, None])
         k_rope_BTD = apply_rope(k_rope_BTD, cos, sin)
         if cache is not None:
-            c_BSC, k_rope_BSD, mask_BTS = cache.update(c_BTC, k_rope_BTD)
+            kv_BSX, mask_BTS = cache.update(c_BTC, k_rope_BTD)
             if T <= 4:   # decode: attend in latent space (weights absorbed), no per-step expansion
-                out = self._absorbed(q_nope, q_rope, c_BSC, k_rope_BSD, mask_BTS)
+                out = self._absorbed(q_nope, q_rope, kv_BSX, mask_BTS)
                 return self.o_proj(out.reshape(B, T, -1)), None
+            c_BSC, k_rope_BSD = kv_BSX.split([self.kv_lora_rank, self.dr], dim=-1)
         else:
             c_BSC, k_rope_BSD, mask_BTS = c_BTC, k_rope_BTD, None
         S = c_BSC.shape[1]
@@ -127,14 +149,18 @@ class MLA(nn.Module):
         out = _sdpa(q, k, v, mask_BTS, self.scale)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, -1)), max_logit
 
-    def _absorbed(self, q_nope, q_rope, c_BSC, k_rope_BSD, mask_BTS):
-        """softmax(q·k) v computed against the latent cache (DeepSeek-V2 appendix: W_UK, W_UV absorbed)."""
+    def _absorbed(self, q_nope, q_rope, kv_BSX, mask_BTS):
+        """softmax(q·k) v computed against the latent cache (DeepSeek-V2 appendix: W_UK, W_UV absorbed).
+
+        The cache row is [latent C | rotary key Dr], so one product [q_lat | q_rope]·rowᵀ gives both
+        score terms."""
         w = self.kv_b_proj.weight.view(self.num_heads, self.dn + self.dv, self.kv_lora_rank)
         w_uk, w_uv = w[:, : self.dn], w[:, self.dn:]                                  # N Dn C, N Dv C
         q_lat = torch.einsum("btnd,ndc->bntc", q_nope, w_uk)                          # B N T C
-        scores = (torch.einsum("bntc,bsc->bnts", q_lat, c_BSC)
-                  + torch.einsum("btnd,bsd->bnts", q_rope, k_rope_BSD)) * self.scale
+        q_all = torch.cat([q_lat, q_rope.transpose(1, 2).to(q_lat.dtype)], dim=-1)   # B N T C+Dr
+        scores = torch.einsum("bntx,bsx->bnts", q_all, kv_BSX) * self.scale
         scores = scores.float().masked_fill(~mask_BTS[:, None], float("-inf"))
+        c_BSC = kv_BSX[..., : self.kv_lora_rank]
         p = scores.softmax(-1).to(c_BSC.dtype)
         o_lat = torch.einsum("bnts,bsc->btnc", p, c_BSC)
         return torch.einsum("btnc,ndc->btnd", o_lat, w_uv)                            # B T N Dv
@@ -188,8 +214,12 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(hidden, inter, bias=False)
         self.up_proj = nn.Linear(hidden, inter, bias=False)
         self.down_proj = nn.Linear(inter, hidden, bias=False)
+        self._fused: torch.Tensor | None = None   # [gate; up] rows for inference (fuse_for_decode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._fused is not None and not torch.is_grad_enabled():
+            g, u = F.linear(x, self._fused).chunk(2, dim=-1)
+            return self.down_proj(F.silu(g) * u)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -233,6 +263,7 @@ class GroupedExperts(nn.Module):
         self.gate_proj = nn.Parameter(torch.empty(e, i, h))
         self.up_proj = nn.Parameter(torch.empty(e, i, h))
         self.down_proj = nn.Parameter(torch.empty(e, h, i))
+        self._fused: torch.Tensor | None = None   # [gate; up] as [2·E·I, H] for decode (fuse_for_decode)
 
     def forward(self, x_MH: torch.Tensor, gates_MK: torch.Tensor, idx_MK: torch.Tensor):
         M, K = idx_MK.shape
@@ -251,25 +282,27 @@ class GroupedExperts(nn.Module):
         # sum over the K slots in a fixed order: deterministic, no atomics
         return y.sum(1), counts_E
 
-
     def _dense(self, x_MH, gates_MK, idx_MK):
         """Every expert on every token, unchosen ones weighted 0: for a decode step's few tokens.
 
-        It reads the same expert weights as the grouped GEMM but needs 5 kernels instead of a
-        sort, scatter, gather and three grouped GEMMs; the E/K-fold extra FLOPs are negligible at
-        M ≤ DENSE_DECODE_TOKENS (bench/model.py: generation tokens/s)."""
+        It reads the same expert weights as the grouped GEMM but needs a handful of kernels instead
+        of a sort, scatter, gather and three grouped GEMMs; the E/K-fold extra FLOPs are negligible
+        at M ≤ DENSE_DECODE_TOKENS (bench/model.py: generation tokens/s). The gates are folded into
+        the SwiGLU product, so the weighted sum over experts is a plain sum over the leading dim."""
         E, I, H = self.gate_proj.shape
         M = x_MH.shape[0]
-        g = x_MH @ self.gate_proj.view(E * I, H).t()
-        u = x_MH @ self.up_proj.view(E * I, H).t()
-        h_EIM = (F.silu(g) * u).view(M, E, I).permute(1, 2, 0)
-        # down_proj [E, H, I] as stored (a transposed view would be copied: 64 MB per layer and step)
-        y_EHM = torch.bmm(self.down_proj, h_EIM)
-        gates_ME = torch.zeros(M, E, device=x_MH.device, dtype=y_EHM.dtype).scatter_(
-            1, idx_MK, gates_MK.to(y_EHM.dtype))
+        gates_ME = torch.zeros(M, E, device=x_MH.device, dtype=x_MH.dtype).scatter_(
+            1, idx_MK, gates_MK.to(x_MH.dtype))
         counts_E = torch.zeros(E, dtype=torch.int32, device=x_MH.device).scatter_add_(
             0, idx_MK.reshape(-1), torch.ones_like(idx_MK.reshape(-1), dtype=torch.int32))
-        return torch.einsum("ehm,me->mh", y_EHM, gates_ME), counts_E
+        if self._fused is not None:   # one GEMM for gate and up
+            g, u = (x_MH @ self._fused.t()).chunk(2, dim=-1)
+        else:
+            g, u = x_MH @ self.gate_proj.view(E * I, H).t(), x_MH @ self.up_proj.view(E * I, H).t()
+        g_MEI, u_MEI = g.view(M, E, I), u.view(M, E, I)
+        h_EMI = (F.silu(g_MEI) * u_MEI * gates_ME[..., None]).transpose(0, 1)
+        # down_proj [E, H, I] as stored, read transposed by the GEMM; the [M, H] sum is contiguous
+        return torch.bmm(h_EMI, self.down_proj.transpose(1, 2)).sum(0), counts_E
 
 
 DENSE_DECODE_TOKENS = 64   # CUDA inference with at most this many tokens takes GroupedExperts._dense
@@ -400,6 +433,29 @@ class K2ForCausalLM(nn.Module):
                 m.e_score_correction_bias.zero_()
         return self
 
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def fuse_for_decode(self) -> "K2ForCausalLM":
+        """Give projections that share an input one weight each (q_a + kv_a, gate + up of the dense
+        MLPs, the shared experts and the routed experts), used by no-grad forwards: fewer, larger
+        GEMMs per decode step. The parameters become views into the fused weights (no extra memory;
+        in-place updates stay visible); moving or casting the model fuses again."""
+        for m in self.modules():
+            if isinstance(m, MLA) and m.cfg.q_lora_rank:
+                m._fused_a = fuse_rows(m.q_a_proj, m.kv_a_proj_with_mqa)
+            elif isinstance(m, MLP):
+                m._fused = fuse_rows(m.gate_proj, m.up_proj)
+            elif isinstance(m, GroupedExperts):
+                m._fused = fuse_rows(m.gate_proj, m.up_proj)
+        self._decode_fused = True
+        return self
+
+    def _apply(self, fn, recurse=True):
+        out = super()._apply(fn, recurse)
+        if getattr(self, "_decode_fused", False):   # .to() / .half() made new tensors: fuse them again
+            self.fuse_for_decode()
+        return out
+
     # ------------------------------------------------------------------ forward
     def rotary(self, positions_BT: torch.Tensor, dtype: torch.dtype):
         freqs = positions_BT.float()[..., None] * self.inv_freq.float()
@@ -460,7 +516,7 @@ class LayerCache:
 
 
 class KVCache:
-    """Preallocated MLA latent cache: per layer [B, S_max, C] latents + [B, S_max, Dr] rotary keys.
+    """Preallocated MLA latent cache: per layer [B, S_max, C + Dr] rows of latent and rotary key.
 
     Rows may be left-padded: ``pad[b]`` leading columns of row b are masked out and its positions
     start at 0 after them. ``length`` is the number of columns written so far (a device tensor too,
@@ -469,8 +525,12 @@ class KVCache:
 
     def __init__(self, cfg: ModelConfig, batch: int, max_len: int, device, dtype, pad: torch.Tensor | None = None):
         L = cfg.num_hidden_layers
-        self.latent = torch.zeros(L, batch, max_len, cfg.kv_lora_rank, device=device, dtype=dtype)
-        self.rope = torch.zeros(L, batch, max_len, cfg.qk_rope_head_dim, device=device, dtype=dtype)
+        # one tensor per layer, written with index_put (``t[:, cols] = x``): torch.compile updates
+        # such a graph input in place, while a write into a slice of one [L, ...] tensor made it
+        # copy the whole cache once per layer and step (docs/benchmarks.md, generation)
+        # a row holds [latent C | rotary key Dr], so decode scores both parts with one product
+        self.kv = [torch.zeros(batch, max_len, cfg.kv_lora_rank + cfg.qk_rope_head_dim, device=device, dtype=dtype)
+                   for _ in range(L)]
         self.pad = (pad if pad is not None else torch.zeros(batch, dtype=torch.long)).to(device)
         self.max_len, self.batch = max_len, batch
         self.length = 0                                               # host-side column count
@@ -496,15 +556,15 @@ class KVCache:
         if not self.static and self.length + T > self.max_len:   # static: the engine bounds the steps
             raise ValueError(f"KV cache full: {self.length} + {T} > max_len {self.max_len}")
         idx = self.col + torch.arange(T, device=self.col.device)
-        self.latent[i].index_copy_(1, idx, c_BTC.to(self.latent.dtype))
-        self.rope[i].index_copy_(1, idx, k_rope_BTD.to(self.rope.dtype))
+        kv = self.kv[i]
+        kv[:, idx] = torch.cat([c_BTC, k_rope_BTD], dim=-1).to(kv.dtype)
         # key column s is visible to query column q iff pad[b] <= s <= q; a padding query sees
         # itself, so its (unused) output stays finite and no NaN reaches the cache
         S = self.max_len if self.static else self.length + T
         cols = self._cols[None, None, :S]
         q_cols = idx[None, :, None]
         mask_BTS = (cols <= q_cols) & ((cols >= self.pad[:, None, None]) | (cols == q_cols))
-        return self.latent[i, :, :S], self.rope[i, :, :S], mask_BTS
+        return kv[:, :S], mask_BTS
 
     def advance(self, T: int) -> None:
         self.length += T

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from k2core.model import K2ForCausalLM
-from k2core.model.checkpoint import save_checkpoint
+from k2core.model.checkpoint import load_checkpoint, save_checkpoint
 from tests.k2core.conftest import random_model, small_config
 
 transformers = pytest.importorskip("transformers")
@@ -171,3 +171,33 @@ def test_dense_decode_path_equals_grouped_gemm():
         y_dense, c_dense = moe.experts._dense(x, gates, idx)
     assert torch.allclose(y_dense, y_grouped, atol=1e-6)
     assert torch.equal(c_dense, c_grouped)
+
+
+def test_fuse_for_decode_keeps_outputs_and_parameters(tmp_path):
+    cfg = small_config()
+    model = random_model(cfg).eval()
+    ids = torch.randint(0, cfg.vocab_size, (2, 9), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = model(ids).logits
+    params_before = dict(model.named_parameters())
+    model.fuse_for_decode()
+    assert dict(model.named_parameters()).keys() == params_before.keys()
+    assert all(p is params_before[n] for n, p in model.named_parameters())   # same objects
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, ref, atol=1e-5)
+        moe = model.moe_layers()[0][1]
+        moe.experts.up_proj.mul_(2.0)           # an in-place update reaches the fused weight
+        changed = model(ids).logits
+        moe.experts.up_proj.mul_(0.5)
+    assert not torch.allclose(changed, ref, atol=1e-3)
+    loss = model.train()(ids, labels=ids).loss  # with gradients the unfused projections run
+    loss.backward()
+    attn = model.model.layers[0].self_attn
+    assert attn.q_a_proj.weight.grad is not None and moe.experts.gate_proj.grad is not None
+    model.eval().double()                       # a cast makes new tensors: fused again from them
+    assert moe.experts._fused.dtype == torch.float64
+    assert moe.experts.gate_proj.data_ptr() == moe.experts._fused.data_ptr()
+    model.float()
+    save_checkpoint(model, tmp_path / "ckpt")   # views into one weight save as separate tensors
+    with torch.no_grad():
+        assert torch.allclose(load_checkpoint(tmp_path / "ckpt")(ids).logits, ref, atol=1e-5)
