@@ -225,7 +225,7 @@ def main() -> None:
     # documents), so a change in the machine's speed during the run (this 2-core VM varies by
     # ±30% minute to minute) falls on both alike. Each k2 repeat keeps its own tokenizer cache,
     # cold at the start of the corpus, as in a fresh worker process.
-    caches = [{} for _ in range(args.repeat)]
+    caches = [k2text.ChunkCache() for _ in range(args.repeat)]
     times = [0.0] * args.repeat
     ours: list[str | None] = []
     theirs: list[str | None] = []
@@ -247,7 +247,7 @@ def main() -> None:
             res, t = timed(run_dt, dt, part)
             t_dt += t
             theirs += res
-    k2text._CHUNKS = {}
+    k2text._CHUNKS = k2text.ChunkCache()
     t_k2 = statistics.median(times)
     rows.append({"bench": "filter_chain", "impl": "k2", "seconds": round(t_k2, 2),
                  "seconds_all": [round(t, 2) for t in times],

@@ -139,38 +139,47 @@ def _dup_stats(items: list[str]) -> tuple[int, int]:
 _MULT = np.uint64(0x9E3779B97F4A7C15)   # odd 64-bit multiplier for rolling n-gram keys
 
 
-def _ngram_keys(ids: np.ndarray, n: int) -> np.ndarray:
-    """A 64-bit key per n-gram of word ids (wrapping polynomial hash; collisions ~ len²/2⁶⁴)."""
-    m = len(ids) - n + 1
-    keys = ids[:m].copy()
-    with np.errstate(over="ignore"):
-        for k in range(1, n):
-            keys = keys * _MULT + ids[k:k + m]
-    return keys
-
-
 class _Grams:
     """A document's words as ids plus prefix sums of their lengths, for n-gram statistics."""
 
     def __init__(self, ws: list[str]):
-        import pandas as pd   # lazily: the config imports this module
-
-        # ids 1, 2, … by first appearance (pandas' hash table), lengths from the distinct words only
-        codes, distinct = pd.factorize(np.array(ws, dtype=object))
-        self.ids = codes.astype(np.uint64) + np.uint64(1)
-        lens = np.fromiter(map(len, distinct), np.int64, len(distinct))[codes]
-        self.cum = np.concatenate([[0], np.cumsum(lens)])
+        # a word's id is its string hash (cached on the str object, and the tokenizer hands out
+        # the same objects for repeated chunks), 64 bits as the n-gram keys built from it
+        self.ws = ws
+        self.ids = np.fromiter(map(hash, ws), np.int64, len(ws)).view(np.uint64)
+        self._cum: np.ndarray | None = None       # prefix sums of word lengths, built on first need
         self._code_cache: dict[int, np.ndarray] = {}
+        self._last_keys: tuple[int, np.ndarray] = (0, self.ids)
+        self._repeats: tuple[int, np.ndarray] | None = None   # (n, positions repeating an earlier n-gram)
 
     def chars(self, start: np.ndarray | int, n: int):
-        return self.cum[start + n] - self.cum[start]
+        """Characters of the words of the n-gram(s) starting at `start`."""
+        if isinstance(start, int):
+            return sum(map(len, self.ws[start:start + n]))
+        if self._cum is None:
+            self._cum = np.zeros(len(self.ws) + 1, np.int64)
+            np.cumsum(np.fromiter(map(len, self.ws), np.int64, len(self.ws)), out=self._cum[1:])
+        return self._cum[start + n] - self._cum[start]
+
+    def _keys(self, n: int) -> np.ndarray:
+        """A 64-bit key per n-gram of word ids (wrapping polynomial hash; collisions ~ len²/2⁶⁴),
+        extended from the last keys built when they are shorter (one step per extra word)."""
+        k, keys = self._last_keys
+        if k > n or k == 0:
+            k, keys = 1, self.ids
+        with np.errstate(over="ignore"):
+            for j in range(k, n):
+                m = len(self.ids) - j
+                keys = keys[:m] * _MULT + self.ids[j:j + m]
+        self._last_keys = (n, keys)
+        return keys
 
     def _codes(self, n: int) -> np.ndarray:
         """n-gram codes numbered by first appearance (hash-based: O(len), no sort)."""
         if n not in self._code_cache:
             import pandas as pd   # lazily: the config imports this module
 
-            self._code_cache[n] = pd.factorize(_ngram_keys(self.ids, n))[0]
+            self._code_cache[n] = pd.factorize(self._keys(n))[0]
         return self._code_cache[n]
 
     def unique(self, n: int) -> bool:
@@ -193,15 +202,23 @@ class _Grams:
         more than once — the rest can never be a repeat — in order, tracking the skip."""
         if len(self.ids) < n:
             return 0
+        if self._repeats is not None and self._repeats[0] < n:
+            # an n-gram that repeats an earlier one starts where a shorter one does too: the
+            # shorter n-grams' repeat positions, with n words each, bound the count from above
+            pos = self._repeats[1]
+            if self.chars(pos[pos <= len(self.ids) - n], n).sum() <= limit:
+                return 0
         inv = self._codes(n)
         counts = np.bincount(inv)
         if len(counts) == len(inv):
+            self._repeats = (n, np.zeros(0, np.int64))
             return 0
         seen_max = np.maximum.accumulate(inv)
         repeat = np.ones(len(inv), bool)          # a first appearance raises the running max
         repeat[0] = False
         repeat[1:] = inv[1:] <= seen_max[:-1]
-        if self.chars(np.nonzero(repeat)[0], n).sum() <= limit:
+        self._repeats = (n, np.nonzero(repeat)[0])
+        if self.chars(self._repeats[1], n).sum() <= limit:
             return 0       # exact value is ≤ this bound ≤ limit: same decision
         pos = np.nonzero(counts[inv] > 1)[0]
         gram_chars = self.chars(pos, n).tolist()

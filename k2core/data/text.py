@@ -27,6 +27,7 @@ _SUFFIX = re.compile(rf"""(?:\.\.+|[{_PUNCT}{_QUOTES}%°—–]|['’][sS]|(?<=[
 _INFIX = re.compile(r"""\.\.+|…|(?<=[0-9])[+\-*^](?=[0-9-])|(?<=[a-z'"”])\.(?=[A-Z'"“])|"""
                     r"""(?<=[^\W\d_]),(?=[^\W\d_])|(?<=[^\W_])(?:---|--|-|–|—|~)(?=[^\W\d_])|"""
                     r"""(?<=[^\W_])[:<>=/](?=[^\W\d_])""")
+_INFIX_SPLIT = re.compile(f"({_INFIX.pattern})")   # split() keeps each infix as a piece
 _URL = re.compile(r"^(?:(?:https?://|www\.)\S+|[\w.+-]+@[\w-]+(?:\.[\w-]+)+)$")
 _WHOLE = re.compile(r"""^(?:(?:[^\W\d_]\.){1,}|"""
                     r"""(?:Mr|Mrs|Ms|Dr|Prof|St|Jr|Sr|vs|Inc|Ltd|Co|Corp|Jan|Feb|Mar|Apr|Jun|Jul|Aug|"""
@@ -92,30 +93,41 @@ def _split_chunk(chunk: str, out: list[str]) -> None:
     if chunk and ("://" in chunk or "www." in chunk or "@" in chunk) and _URL.match(chunk):     # URLs are matched after the affixes are peeled, as in spaCy
         out.append(chunk)
         chunk = ""
-    if chunk:
-        pos = 0
-        for m in _INFIX.finditer(chunk):
-            if m.start() > pos:
-                out.append(chunk[pos:m.start()])
-            if m.end() > m.start():
-                out.append(m.group())
-            pos = m.end()
-        if pos < len(chunk):
-            out.append(chunk[pos:])
+    if chunk:   # infixes: the pieces between them and the infixes themselves (none is empty)
+        out.extend(filter(None, _INFIX_SPLIT.split(chunk)))
     out.extend(reversed(suffixes))
     if colon:
         _merge(out, begin)       # every merged pair has a ":"
 
 
-_CHUNKS: dict[str, tuple[str, ...]] = {}      # chunk -> its tokens: text repeats its chunks
-_CHUNKS_MAX = 1 << 20
+class ChunkCache(dict):
+    """chunk -> its tokens, tokenised on first lookup: text repeats its chunks.
+
+    A lookup that hits stays in C (``dict.__getitem__``); a miss calls ``__missing__``. Emptied
+    when it reaches ``max_size`` entries (the tuples already handed out stay valid)."""
+
+    def __init__(self, max_size: int = 1 << 20):
+        super().__init__()
+        self.max_size = max_size
+
+    def __missing__(self, chunk: str) -> tuple[str, ...]:
+        if len(self) >= self.max_size:
+            self.clear()
+        toks = self[chunk] = _tokens(chunk)
+        return toks
+
+
+_CHUNKS = ChunkCache()
 
 
 # Fast paths with the same result as _split_chunk (tests/k2core/data/test_text.py checks them
-# against it): an ASCII word (letters, digits, inner underscores) wrapped in opening brackets /
-# quotes and closing brackets / quotes / , ; : ! ? — each wrapper character is one token, as the
-# affix loop peels them — and clock times / ratios like 12:30:45 (":" splits only before a letter).
-_WRAPPED = re.compile(r"""([(\[{"']*)([A-Za-z0-9](?:[A-Za-z0-9_]*[A-Za-z0-9])?)([)\]}"',;:!?]*)""")
+# against it): an ASCII word (letters, digits, inner underscores; dotted parts allowed where a
+# lowercase letter or digit follows the dot — "os.path", "3.14", "www.python.org" — which no
+# infix rule splits) wrapped in opening brackets / quotes and closing brackets / quotes /
+# , ; : ! ? — each wrapper character is one token, as the affix loop peels them — and clock
+# times / ratios like 12:30:45 (":" splits only before a letter).
+_WORD = r"[A-Za-z0-9](?:[A-Za-z0-9_]*[A-Za-z0-9])?"
+_WRAPPED = re.compile(rf"""([(\[{{"']*)({_WORD}(?:\.[a-z0-9](?:[A-Za-z0-9_]*[A-Za-z0-9])?)*)([)\]}}"',;:!?]*)""")
 _CLOCK = re.compile(r"[0-9]+(?::[0-9]+)+")
 
 
@@ -151,16 +163,7 @@ def words(text: str) -> list[str]:
     """Word tokens (punctuation tokens included, whitespace dropped), spaCy-style.
 
     Each distinct whitespace chunk is tokenised once and cached: text repeats its chunks."""
-    chunks = text.split()
-    cache = _CHUNKS
-    new = set(chunks).difference(cache)
-    if new:
-        if len(cache) + len(new) > _CHUNKS_MAX:
-            cache.clear()
-            new = set(chunks)
-        for chunk in new:
-            cache[chunk] = _tokens(chunk)
-    return list(chain.from_iterable(map(cache.__getitem__, chunks)))
+    return list(chain.from_iterable(map(_CHUNKS.__getitem__, text.split())))
 
 
 STOP_WORDS = frozenset(["the", "be", "to", "of", "and", "that", "have", "with"])   # Gopher (Rae et al. 2021)

@@ -81,3 +81,77 @@ def test_decisions_equal_datatrove_on_real_text():
     for ours, theirs in pairs:
         agree = sum((ours(Doc(t)) is None) == (theirs.filter(Document(text=t, id="x")) is True) for t in texts)
         assert agree / len(texts) >= 0.98, (ours.name, agree, len(texts))
+
+
+def _ref_dup_chars(ws: list[str], n: int) -> int:
+    """Gopher's duplicated n-gram characters as its reference code counts them (skip past a repeat)."""
+    seen, total, i = set(), 0, 0
+    while i < len(ws) - n + 1:
+        gram = "".join(ws[i:i + n])
+        if gram in seen:
+            total += len(gram)
+            i += n
+        else:
+            seen.add(gram)
+            i += 1
+    return total
+
+
+def _ref_repetition(ws: list[str], length: int, f: GopherRepetitionFilter) -> str | None:
+    from collections import Counter
+
+    for n, frac in f.top_n_grams:
+        grams = Counter(tuple(ws[i:i + n]) for i in range(len(ws) - n + 1))
+        if grams:
+            top, count = grams.most_common(1)[0]
+            if (sum(map(len, top)) + n - 1) * count / length > frac:
+                return f"top_{n}_gram"
+    for n, frac in f.dup_n_grams:
+        if _ref_dup_chars(ws, n) / length > frac:
+            return f"duplicated_{n}_n_grams"
+    return None
+
+
+def test_n_gram_statistics_equal_the_reference_counts():
+    """The hashed n-gram codes, the bounds that skip exact passes and the exact pass itself decide as
+    a plain implementation does, on word streams from small vocabularies (many repeats) to large
+    ones (few), at limits around the exact count."""
+    import random
+
+    from k2core.data.filters import _Grams
+
+    rng = random.Random(0)
+    f = GopherRepetitionFilter(dup_line_frac=1, dup_para_frac=1, dup_line_char_frac=1, dup_para_char_frac=1)
+    reasons = set()
+    for trial in range(300):
+        vocab = [f"w{i}" + "x" * rng.randrange(4) for i in range(rng.choice([3, 8, 30, 200, 2000]))]
+        ws = [rng.choice(vocab) for _ in range(rng.randrange(1, 400))]
+        if trial % 3 == 0:                                   # a copied passage
+            a = rng.randrange(len(ws))
+            ws += ws[a:a + rng.randrange(5, 40)]
+        text = " ".join(ws)
+        grams = _Grams(ws)
+        for n in (5, 6, 7, 10):      # shorter n first, as the filter asks: their repeats bound longer ones
+            ref = _ref_dup_chars(ws, n)
+            for limit in (0, ref - 1, ref, ref + 1, 2 * ref + 5):
+                assert (grams.dup_chars(n, limit) > limit) == (ref > limit), (trial, n, limit, ref)
+        got = f(Doc(text))
+        assert got == _ref_repetition(ws, len(text), f), (trial, got)
+        reasons.add(got)
+    assert len(reasons) >= 4, reasons      # the streams reach several different decisions
+
+
+def test_n_gram_keys_do_not_depend_on_the_order_they_are_built_in():
+    import numpy as np
+
+    from k2core.data.filters import _MULT, _Grams
+
+    ws = [f"w{i % 37}" for i in range(0, 3000, 7)]
+    grams = _Grams(ws)
+    for n in [2, 3, 4, 5, 7, 6, 10, 2, 9]:
+        m = len(ws) - n + 1
+        ref = grams.ids[:m].copy()
+        with np.errstate(over="ignore"):
+            for k in range(1, n):
+                ref = ref * _MULT + grams.ids[k:k + m]
+        assert np.array_equal(grams._keys(n), ref), n

@@ -7,7 +7,8 @@ from k2core.data import text
 from k2core.data.text import _split_chunk, _tokens, words
 
 OPENINGS = ["", "(", "[", "{", '"', "'", '("', "(['"]
-CORES = ["foo", "x1", "a_b", "Foo_Bar9", "cannot", "Cannot", "e", "s", "S", "12", "A1_b2_C3", "nt", "ll"]
+CORES = ["foo", "x1", "a_b", "Foo_Bar9", "cannot", "Cannot", "e", "s", "S", "12", "A1_b2_C3", "nt", "ll",
+         "os.path", "3.14", "www.python.org", "e.g", "Foo.bar9", "a.b.C", "x.Y", "U.S", "self._x", "a..b"]
 CLOSINGS = ["", ")", ",", ":", "):", ")):", ";", "!", "?", '"', "'", '",', ":)", ")!", "'s", "]:", "}),"]
 
 
@@ -46,3 +47,10 @@ def test_words_cache_is_transparent():
     text._CHUNKS.clear()
     cold = words(s)
     assert words(s) == cold == [t for c in s.split() for t in general(c)]
+
+
+def test_chunk_cache_tokenises_on_first_lookup_and_stays_bounded():
+    cache = text.ChunkCache(max_size=3)
+    chunks = ["(a)", "b,", "c", "(a)", "d.", "e-f", "b,"]
+    assert [cache[c] for c in chunks] == [general(c) for c in chunks]
+    assert len(cache) <= 3
