@@ -37,6 +37,11 @@ _MERGE = {(")", ":"): "):", ("(", ":"): "(:", ("[", ":"): "[:", (":", ")"): ":)"
 _CONTRACTION = re.compile(r"^([^\W\d_]+?)(n['’]t|['’](?:m|re|ve|ll|d|M|RE|VE|LL|D))$")
 
 
+# characters that are a whole suffix wherever they end a chunk: no lookbehind, no longer
+# alternative (dot runs, "'s") can end in them
+_ONE_CHAR_SUFFIX = frozenset(_PUNCT.replace("\\", "") + _QUOTES + "%°—–") - frozenset(".")
+_ONE_CHAR = re.compile(r".", re.S)
+
 # every _WHOLE form ends with one of these characters (or is "and/or" / ":D")
 _WHOLE_LAST = frozenset(".-~:)(")
 
@@ -59,6 +64,8 @@ def _has_suffix(chunk: str):
     last = chunk[-1]
     if last.isalnum() and not (last in "sS" and chunk[-2:-1] in ("'", "’")):
         return None
+    if last in _ONE_CHAR_SUFFIX:
+        return _ONE_CHAR.match(chunk, len(chunk) - 1)
     # every suffix is at most 2 characters but a run of dots, so a long chunk (a URL, a path) is
     # searched from near its end; lookbehinds still see the characters before the start position
     if len(chunk) > 4 and not chunk.endswith(".."):
@@ -141,7 +148,7 @@ def _merge(out: list[str], begin: int = 0) -> None:
 
 
 def _tokens(chunk: str) -> tuple[str, ...]:
-    if chunk.isalnum() and chunk not in ("cannot", "Cannot") and not _WHOLE.match(chunk):
+    if chunk.isalnum() and chunk not in ("cannot", "Cannot"):
         return (chunk,)          # letters and digits only: no affix, infix or special applies
     m = _WRAPPED.fullmatch(chunk)
     if m is not None and m.group(2).lower() != "cannot":

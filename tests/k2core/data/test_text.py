@@ -54,3 +54,12 @@ def test_chunk_cache_tokenises_on_first_lookup_and_stays_bounded():
     chunks = ["(a)", "b,", "c", "(a)", "d.", "e-f", "b,"]
     assert [cache[c] for c in chunks] == [general(c) for c in chunks]
     assert len(cache) <= 3
+
+
+def test_one_character_suffixes_are_what_the_suffix_regex_finds():
+    for c in text._ONE_CHAR_SUFFIX:
+        for before in ["ab", "AB", "12", "a.", "..", "a'", "x-", "%", "’"]:
+            chunk = before + c
+            m = text._SUFFIX.search(chunk)
+            assert m is not None and m.start() == len(chunk) - 1, chunk
+            assert text._has_suffix(chunk).group() == c
