@@ -149,7 +149,7 @@ class _Grams:
         self.ids = np.fromiter(map(hash, ws), np.int64, len(ws)).view(np.uint64)
         self._cum: np.ndarray | None = None       # prefix sums of word lengths, built on first need
         self._code_cache: dict[int, np.ndarray] = {}
-        self._last_keys: tuple[int, np.ndarray] = (0, self.ids)
+        self._last_keys: tuple[int, np.ndarray] = (1, self.ids)   # 1-gram keys are the ids
         self._repeats: tuple[int, np.ndarray] | None = None   # (n, positions repeating an earlier n-gram)
 
     def chars(self, start: np.ndarray | int, n: int):
@@ -165,7 +165,7 @@ class _Grams:
         """A 64-bit key per n-gram of word ids (wrapping polynomial hash; collisions ~ len²/2⁶⁴),
         extended from the last keys built when they are shorter (one step per extra word)."""
         k, keys = self._last_keys
-        if k > n or k == 0:
+        if k > n:
             k, keys = 1, self.ids
         with np.errstate(over="ignore"):
             for j in range(k, n):

@@ -133,8 +133,8 @@ _CHUNKS = ChunkCache()
 # infix rule splits) wrapped in opening brackets / quotes and closing brackets / quotes /
 # , ; : ! ? — each wrapper character is one token, as the affix loop peels them — and clock
 # times / ratios like 12:30:45 (":" splits only before a letter).
-_WORD = r"[A-Za-z0-9](?:[A-Za-z0-9_]*[A-Za-z0-9])?"
-_WRAPPED = re.compile(rf"""([(\[{{"']*)({_WORD}(?:\.[a-z0-9](?:[A-Za-z0-9_]*[A-Za-z0-9])?)*)([)\]}}"',;:!?]*)""")
+_TAIL = r"(?:[A-Za-z0-9_]*[A-Za-z0-9])?"      # the rest of a word: inner underscores, alphanumeric end
+_WRAPPED = re.compile(rf"""([(\[{{"']*)([A-Za-z0-9]{_TAIL}(?:\.[a-z0-9]{_TAIL})*)([)\]}}"',;:!?]*)""")
 _CLOCK = re.compile(r"[0-9]+(?::[0-9]+)+")
 
 

@@ -443,9 +443,7 @@ class K2ForCausalLM(nn.Module):
         for m in self.modules():
             if isinstance(m, MLA) and m.cfg.q_lora_rank:
                 m._fused_a = fuse_rows(m.q_a_proj, m.kv_a_proj_with_mqa)
-            elif isinstance(m, MLP):
-                m._fused = fuse_rows(m.gate_proj, m.up_proj)
-            elif isinstance(m, GroupedExperts):
+            elif isinstance(m, (MLP, GroupedExperts)):
                 m._fused = fuse_rows(m.gate_proj, m.up_proj)
         self._decode_fused = True
         return self
