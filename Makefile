@@ -53,11 +53,16 @@ demo: $(STAMP)
 	@echo "Try:  $(BIN)/k2 show pretrain  |  $(BIN)/k2 lineage pretrain  |  $(BIN)/k2 generate --checkpoint ./k2-store/artifacts/pretrain/*/model --prompt 'def ' --greedy"
 
 # The full suite, slow tests and the vLLM parity test included (K2_REQUIRE_VLLM: fail, never skip).
-test: $(STAMP) $(VLLM_STAMP) sysdeps
-	K2_VLLM_PYTHON=$(abspath $(VLLM_VENV))/bin/python K2_REQUIRE_VLLM=1 $(BIN)/python -m pytest -q -ra
+# The two venvs and the system packages are set up side by side; pytest-xdist runs the tests in
+# TEST_WORKERS processes (a test module stays on one worker, so its fixtures start once).
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -q -ra -n $(TEST_WORKERS) --dist loadscope
+test:
+	@$(MAKE) --no-print-directory -j3 venv vllm-env sysdeps
+	K2_VLLM_PYTHON=$(abspath $(VLLM_VENV))/bin/python K2_REQUIRE_VLLM=1 $(PYTEST)
 
 test-fast: $(STAMP) sysdeps
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) k2-store .pytest_cache

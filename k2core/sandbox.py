@@ -16,6 +16,7 @@ is killed on timeout and after exit; a minimal environment; a private work dir r
 """
 from __future__ import annotations
 
+import fcntl
 import functools
 import json
 import logging
@@ -78,21 +79,45 @@ class SandboxResult:
 
 # ---------------------------------------------------------------------------- slots and uids
 class _Slots:
-    """Unprivileged uids handed to concurrent runs, one each (so RLIMIT_NPROC is per run)."""
+    """Unprivileged uids handed to concurrent runs, one each (so RLIMIT_NPROC is per run).
 
-    def __init__(self, n: int = 64):
-        self._free = list(range(n))
+    Held across processes too: a slot is an exclusive ``flock`` on its lock file, which the kernel
+    drops when the holder exits (even killed), so two k2 processes never share a uid — one's
+    cleanup would otherwise kill the other's running program.
+    """
+
+    def __init__(self, n: int = 64, lock_dir: str | Path | None = None):
+        self.n = n
+        self._lock_dir = Path(lock_dir) if lock_dir else None
+        self._held: dict[int, int] = {}          # slot -> fd of its locked file
         self._cv = threading.Condition()
+
+    def _dir(self) -> Path:
+        d = self._lock_dir or Path(tempfile.gettempdir()) / "k2-sandbox-slots"
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return d
+
+    def _try_lock(self, slot: int) -> int | None:
+        fd = os.open(self._dir() / f"slot-{slot}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return fd
 
     def acquire(self) -> int:
         with self._cv:
-            while not self._free:
-                self._cv.wait()
-            return self._free.pop(0)
+            while True:
+                for slot in range(self.n):
+                    if slot not in self._held and (fd := self._try_lock(slot)) is not None:
+                        self._held[slot] = fd
+                        return slot
+                self._cv.wait(timeout=0.05)      # all busy: a release here, or in another process
 
     def release(self, slot: int) -> None:
         with self._cv:
-            self._free.append(slot)
+            os.close(self._held.pop(slot))       # closing the file drops the lock
             self._cv.notify()
 
 
@@ -370,10 +395,13 @@ def run(argv: Sequence[str], *, stdin: bytes | str = b"", files: dict[str, bytes
     argv = [SANDBOX_PYTHON if a in ("python", "python3") and i == 0 else a for i, a in enumerate(argv)]
     slot = _SLOTS.acquire()
     uid = BASE_UID + slot if _is_root() else None
-    base = Path(tempfile.gettempdir()) / "k2-sandbox"
-    base.mkdir(mode=0o711, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="run-", dir=base))
+    workdir = None
     try:
+        if uid is not None:
+            _kill_uid(uid)      # anything a killed holder of this slot left behind
+        base = Path(tempfile.gettempdir()) / "k2-sandbox"
+        base.mkdir(mode=0o711, exist_ok=True)
+        workdir = Path(tempfile.mkdtemp(prefix="run-", dir=base))
         if files_dir is not None:
             shutil.copytree(files_dir, workdir, dirs_exist_ok=True)
         for rel, content in (files or {}).items():
@@ -391,7 +419,8 @@ def run(argv: Sequence[str], *, stdin: bytes | str = b"", files: dict[str, bytes
     finally:
         if uid is not None:
             _kill_uid(uid)
-        shutil.rmtree(workdir, ignore_errors=True)
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
         _SLOTS.release(slot)
 
 

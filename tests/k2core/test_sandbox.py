@@ -197,6 +197,46 @@ def test_stdio_tests_runner():
     assert "ValueError" in res.tests[2].detail and res.tests[1].detail == "got '10\\n\\n'"
 
 
+def test_slots_are_exclusive_across_processes(tmp_path):
+    import subprocess
+    import sys
+
+    holder = ("import sys, time\nfrom k2core.sandbox import _Slots\n"
+              f"s = _Slots(lock_dir={str(tmp_path)!r})\nprint(s.acquire(), flush=True)\ntime.sleep(600)")
+    proc = subprocess.Popen([sys.executable, "-c", holder], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "0"
+        mine = sb._Slots(lock_dir=tmp_path)
+        assert mine.acquire() == 1 and mine.acquire() == 2      # 0 is the other process's
+        mine.release(1)
+        assert mine.acquire() == 1
+    finally:
+        proc.kill()
+        proc.wait()
+    assert mine.acquire() == 0                                   # a killed holder frees its slot
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="slot uids are used only when k2 runs as root")
+def test_two_processes_never_share_a_uid(tmp_path):
+    """One process's cleanup kills every process of its slot uid: a shared uid would kill the
+    other process's running program."""
+    import json
+    import subprocess
+    import sys
+
+    k2 = str(Path(sys.executable).parent / "k2")
+    prog = "import os, time; print(os.getuid()); time.sleep(2); print('done')"
+    other = subprocess.Popen([k2, "sandbox", "run", "--timeout", "30", "--", "python", "-c", prog],
+                             stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while _uid_procs() == 0 and other.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)                                         # its program is running
+    mine = py("import os; print(os.getuid())")
+    res = json.loads(other.communicate(timeout=60)[0])
+    assert res["exit_code"] == 0 and res["stdout"].split()[1] == "done", res
+    assert int(mine.stdout) != int(res["stdout"].split()[0])
+
+
 def test_cli_prints_json(tmp_path):
     import json
     import subprocess
