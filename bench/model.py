@@ -52,6 +52,18 @@ def hf_model(cfg: ModelConfig, ours: K2ForCausalLM, dev, dtype):
     return m.to(dev, dtype)
 
 
+def _print_profile(dev, fn) -> None:
+    """One call of `fn` under torch.profiler: the kernels by their own device time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        fn()
+        sync(dev)
+    key = "self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=key, row_limit=40, max_name_column_width=110), flush=True)
+
+
 def bench_train(args, dev, peak) -> list[dict]:
     cfg = ModelConfig.preset(args.preset)
     ours = K2ForCausalLM(cfg).init_weights(0)
@@ -91,6 +103,8 @@ def bench_train(args, dev, peak) -> list[dict]:
             if i >= args.warmup:
                 times.append(time.perf_counter() - t)
                 losses.append(loss.item())
+        if args.profile and impl == args.profile:
+            _print_profile(dev, lambda: (step_fwd().backward(), opt.step(), opt.zero_grad(set_to_none=True)))
         med = statistics.median(times)
         tps = B * T / med
         row = {"bench": "train_step", "impl": impl, "preset": args.preset, "batch": B, "seq": T,
@@ -133,13 +147,7 @@ def bench_generate(args, dev) -> list[dict]:
             run = lambda: [g.token_ids for g in engine.generate(prompts.tolist(), params)]  # noqa: E731
         run()   # warm-up (CUDA graph capture, kernels, allocator)
         if args.profile and impl == args.profile:
-            from torch.profiler import ProfilerActivity, profile
-
-            acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
-            with profile(activities=acts) as prof:
-                run()
-            key = "self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total"
-            print(prof.key_averages().table(sort_by=key, row_limit=40, max_name_column_width=110), flush=True)
+            _print_profile(dev, run)
         times = []
         for _ in range(args.gen_repeat):
             sync(dev)
@@ -185,7 +193,7 @@ def main() -> None:
     ap.add_argument("--prompt", type=int)
     ap.add_argument("--new", type=int)
     ap.add_argument("--gen-repeat", type=int, default=3)
-    ap.add_argument("--profile", metavar="IMPL", help="print a torch.profiler table for one generation impl")
+    ap.add_argument("--profile", metavar="IMPL", help="print a torch.profiler table for one impl (training or generation)")
     args = ap.parse_args()
     dev = torch.device(args.device)
     gpu = dev.type == "cuda"
