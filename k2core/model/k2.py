@@ -275,7 +275,7 @@ class GroupedExperts(nn.Module):
         counts_E = torch.zeros(E, dtype=torch.int32, device=x_MH.device).scatter_add_(
             0, flat, torch.ones_like(flat, dtype=torch.int32))
         offs = counts_E.cumsum(0, dtype=torch.int32)
-        xs = x_MH[order // K]
+        xs = _Dispatch.apply(x_MH, order, K)
         h = F.silu(_gmm(xs, self.gate_proj, offs)) * _gmm(xs, self.up_proj, offs)
         ys = _gmm(h, self.down_proj, offs) * gates_MK.reshape(-1)[order, None].to(x_MH.dtype)
         y = torch.empty_like(ys).index_copy_(0, order, ys).view(M, K, -1)   # back to token order
@@ -303,6 +303,26 @@ class GroupedExperts(nn.Module):
         h_EMI = (F.silu(g_MEI) * u_MEI * gates_ME[..., None]).transpose(0, 1)
         # down_proj [E, H, I] as stored, read transposed by the GEMM; the [M, H] sum is contiguous
         return torch.bmm(h_EMI, self.down_proj.transpose(1, 2)).sum(0), counts_E
+
+
+class _Dispatch(torch.autograd.Function):
+    """``x[order // K]``: each token copied to its K expert-sorted (token, slot) rows.
+
+    The backward sums each token's K row gradients with a gather through the inverse permutation
+    instead of index_put's accumulate (atomic adds in any order): deterministic, and no zero-filled
+    buffer to scatter into."""
+
+    @staticmethod
+    def forward(ctx, x_MH: torch.Tensor, order: torch.Tensor, K: int) -> torch.Tensor:
+        inv = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=order.device))
+        ctx.save_for_backward(inv)
+        ctx.K = K
+        return x_MH[order // K]
+
+    @staticmethod
+    def backward(ctx, grad_xs: torch.Tensor):
+        (inv,) = ctx.saved_tensors
+        return grad_xs[inv].view(inv.numel() // ctx.K, ctx.K, -1).sum(1), None, None
 
 
 DENSE_DECODE_TOKENS = 64   # CUDA inference with at most this many tokens takes GroupedExperts._dense

@@ -107,3 +107,21 @@ def test_fp32_master_weights_under_autocast_use_the_grouped_gemm():
     assert calls and set(calls) == {torch.bfloat16}
     ref = model(ids, labels=ids).loss          # fp32 path
     assert abs(loss.item() - ref.item()) < 0.05
+
+
+def test_compiled_training_gradients_are_bit_identical_between_runs():
+    """The same batch twice gives the same gradients bit for bit. Routed tokens' gradients are
+    summed back with a gather: the plain ``x[order // K]`` backward, compiled, adds the K slot
+    gradients with atomics in any order (with K >= 3 the float sums then differ between runs)."""
+    cfg = ModelConfig.preset("tiny", num_hidden_layers=3, first_k_dense_replace=1, n_routed_experts=16,
+                             num_experts_per_tok=8)
+    model = K2ForCausalLM(cfg).init_weights(0).cuda().bfloat16().train()
+    fwd = torch.compile(model)
+    ids = torch.randint(0, cfg.vocab_size, (8, 512), device="cuda", generator=torch.Generator(device="cuda").manual_seed(0))
+    grads = []
+    for _ in range(3):
+        fwd(ids, labels=ids).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+        model.zero_grad(set_to_none=True)
+    differ = sorted({n for g in grads[1:] for n in g if not torch.equal(grads[0][n], g[n])})
+    assert not differ, differ

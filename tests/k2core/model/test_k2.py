@@ -32,6 +32,28 @@ def test_logits_equal_transformers(tmp_path, extra):
     assert (ours - theirs).abs().max().item() <= 1e-4
 
 
+def test_gradients_equal_transformers(tmp_path):
+    """The training path: the same loss and, parameter by parameter, the same gradients (fp32)."""
+    model = random_model(small_config()).train()
+    save_checkpoint(model, tmp_path / "c")
+    ref = hf_model(tmp_path / "c").train()
+    ids = torch.randint(0, model.config.vocab_size, (2, 40), generator=torch.Generator().manual_seed(0))
+    ours, theirs = model(ids, labels=ids).loss, ref(ids, labels=ids).loss
+    assert abs(ours.item() - theirs.item()) <= 1e-5
+    ours.backward()
+    theirs.backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    for name, p in ref.named_parameters():
+        if name.endswith("experts.gate_up_proj"):   # transformers keeps [gate; up] as one tensor
+            mine = torch.cat([grads[name.replace("gate_up_proj", "gate_proj")],
+                              grads[name.replace("gate_up_proj", "up_proj")]], dim=1)
+        else:
+            mine = grads[name]
+        scale = p.grad.abs().max().item()
+        assert scale > 0, name
+        assert (mine - p.grad).abs().max().item() <= 1e-4 * scale, name
+
+
 def test_yarn_changes_the_model():
     ids = torch.randint(0, 4096, (1, 64), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
