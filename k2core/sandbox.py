@@ -93,7 +93,8 @@ class _Slots:
         self._cv = threading.Condition()
 
     def _dir(self) -> Path:
-        d = self._lock_dir or Path(tempfile.gettempdir()) / "k2-sandbox-slots"
+        # per user: only root hands out slot uids, and another user's 0700 directory is unreadable
+        d = self._lock_dir or Path(tempfile.gettempdir()) / f"k2-sandbox-slots-{os.geteuid()}"
         d.mkdir(mode=0o700, parents=True, exist_ok=True)
         return d
 
