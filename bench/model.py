@@ -91,20 +91,24 @@ def bench_train(args, dev, peak) -> list[dict]:
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=dev.type == "cuda")
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        times, losses = [], []
-        for i in range(args.warmup + args.steps):
-            sync(dev)
-            t = time.perf_counter()
+        def train_step():
             loss = step_fwd()
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
+            return loss
+
+        times, losses = [], []
+        for i in range(args.warmup + args.steps):
+            sync(dev)
+            t = time.perf_counter()
+            loss = train_step()
             sync(dev)
             if i >= args.warmup:
                 times.append(time.perf_counter() - t)
                 losses.append(loss.item())
         if args.profile and impl == args.profile:
-            _print_profile(dev, lambda: (step_fwd().backward(), opt.step(), opt.zero_grad(set_to_none=True)))
+            _print_profile(dev, train_step)
         med = statistics.median(times)
         tps = B * T / med
         row = {"bench": "train_step", "impl": impl, "preset": args.preset, "batch": B, "seq": T,

@@ -83,46 +83,57 @@ class _Slots:
 
     Held across processes too: a slot is an exclusive ``flock`` on its lock file, which the kernel
     drops when the holder exits (even killed), so two k2 processes never share a uid — one's
-    cleanup would otherwise kill the other's running program.
+    cleanup would otherwise kill the other's running program. The file holds "1" while the slot
+    is in use and is emptied on release: a "1" found on acquiring means the last holder died with
+    the slot, and `on_stale(slot)` cleans up after it.
     """
 
-    def __init__(self, n: int = 64, lock_dir: str | Path | None = None):
+    def __init__(self, n: int = 64, lock_dir: str | Path | None = None, on_stale=None):
         self.n = n
         self._lock_dir = Path(lock_dir) if lock_dir else None
+        self._on_stale = on_stale
         self._held: dict[int, int] = {}          # slot -> fd of its locked file
         self._cv = threading.Condition()
 
     def _dir(self) -> Path:
-        # per user: only root hands out slot uids, and another user's 0700 directory is unreadable
-        d = self._lock_dir or Path(tempfile.gettempdir()) / f"k2-sandbox-slots-{os.geteuid()}"
-        d.mkdir(mode=0o700, parents=True, exist_ok=True)
-        return d
+        if self._lock_dir is None:
+            # per user: only root hands out slot uids, and another user's 0700 directory is unreadable
+            self._lock_dir = Path(tempfile.gettempdir()) / f"k2-sandbox-slots-{os.geteuid()}"
+        self._lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return self._lock_dir
 
-    def _try_lock(self, slot: int) -> int | None:
-        fd = os.open(self._dir() / f"slot-{slot}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    def _try_lock(self, lock_dir: Path, slot: int) -> int | None:
+        fd = os.open(lock_dir / f"slot-{slot}.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             return None
+        if os.pread(fd, 1, 0) == b"1" and self._on_stale is not None:
+            self._on_stale(slot)
+        os.pwrite(fd, b"1", 0)
         return fd
 
     def acquire(self) -> int:
         with self._cv:
+            lock_dir = self._dir()
             while True:
                 for slot in range(self.n):
-                    if slot not in self._held and (fd := self._try_lock(slot)) is not None:
+                    if slot not in self._held and (fd := self._try_lock(lock_dir, slot)) is not None:
                         self._held[slot] = fd
                         return slot
                 self._cv.wait(timeout=0.05)      # all busy: a release here, or in another process
 
     def release(self, slot: int) -> None:
         with self._cv:
-            os.close(self._held.pop(slot))       # closing the file drops the lock
+            fd = self._held.pop(slot)
+            os.ftruncate(fd, 0)                  # released cleanly
+            os.close(fd)                         # closing the file drops the lock
             self._cv.notify()
 
 
-_SLOTS = _Slots()
+# a holder that died with its slot may have left processes under the slot's uid
+_SLOTS = _Slots(on_stale=lambda slot: _is_root() and _kill_uid(BASE_UID + slot))
 
 
 def _is_root() -> bool:
@@ -398,8 +409,6 @@ def run(argv: Sequence[str], *, stdin: bytes | str = b"", files: dict[str, bytes
     uid = BASE_UID + slot if _is_root() else None
     workdir = None
     try:
-        if uid is not None:
-            _kill_uid(uid)      # anything a killed holder of this slot left behind
         base = Path(tempfile.gettempdir()) / "k2-sandbox"
         base.mkdir(mode=0o711, exist_ok=True)
         workdir = Path(tempfile.mkdtemp(prefix="run-", dir=base))

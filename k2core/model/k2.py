@@ -314,15 +314,15 @@ class _Dispatch(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x_MH: torch.Tensor, order: torch.Tensor, K: int) -> torch.Tensor:
-        inv = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=order.device))
-        ctx.save_for_backward(inv)
+        ctx.save_for_backward(order)
         ctx.K = K
         return x_MH[order // K]
 
     @staticmethod
     def backward(ctx, grad_xs: torch.Tensor):
-        (inv,) = ctx.saved_tensors
-        return grad_xs[inv].view(inv.numel() // ctx.K, ctx.K, -1).sum(1), None, None
+        (order,) = ctx.saved_tensors
+        inv = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=order.device))
+        return grad_xs[inv].view(order.numel() // ctx.K, ctx.K, -1).sum(1), None, None
 
 
 DENSE_DECODE_TOKENS = 64   # CUDA inference with at most this many tokens takes GroupedExperts._dense
@@ -424,6 +424,14 @@ class K2Inner(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
 
+@torch.compiler.disable
+def _embed_eager(embed: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
+    """The embedding lookup when gradients are wanted, kept out of torch.compile: CUDA's eager
+    backward sums repeated tokens' gradients in a fixed order (sorted), inductor's lowering with
+    atomic adds in any order — the one nondeterministic gradient left after `_Dispatch`."""
+    return embed(ids)
+
+
 class K2ForCausalLM(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -483,7 +491,8 @@ class K2ForCausalLM(nn.Module):
                 positions: torch.Tensor | None = None, cache: "KVCache | None" = None,
                 want_max_logits: bool = False, logits_to_keep: int = 0) -> K2Output:
         B, T = input_ids.shape
-        x = self.model.embed_tokens(input_ids)
+        emb = self.model.embed_tokens
+        x = _embed_eager(emb, input_ids) if torch.is_grad_enabled() else emb(input_ids)
         if positions is None:
             positions = cache.positions(T) if cache is not None else torch.arange(T, device=x.device)[None].expand(B, T)
         cos, sin = self.rotary(positions, x.dtype)

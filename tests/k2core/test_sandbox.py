@@ -206,14 +206,16 @@ def test_slots_are_exclusive_across_processes(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", holder], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "0"
-        mine = sb._Slots(lock_dir=tmp_path)
+        stale = []
+        mine = sb._Slots(lock_dir=tmp_path, on_stale=stale.append)
         assert mine.acquire() == 1 and mine.acquire() == 2      # 0 is the other process's
         mine.release(1)
-        assert mine.acquire() == 1
+        assert mine.acquire() == 1 and stale == []               # released cleanly: nothing to clean
     finally:
         proc.kill()
         proc.wait()
     assert mine.acquire() == 0                                   # a killed holder frees its slot
+    assert stale == [0]                                          # ... and its leftovers are cleaned
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="slot uids are used only when k2 runs as root")
