@@ -25,8 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from k2core.data.filters import C4Filter, Doc, GopherQualityFilter, GopherRepetitionFilter  # noqa: E402
-from k2core.data.sources import stdlib_root  # noqa: E402
+from k2core.text.filters import C4Filter, Doc, GopherQualityFilter, GopherRepetitionFilter  # noqa: E402
+from k2core.sources import stdlib_root  # noqa: E402
 
 
 def build_corpus(max_bytes: int) -> list[dict]:
@@ -133,7 +133,7 @@ def bench_dedup(texts: list[str], n_planted: int, seed: int = 0) -> dict:
     run k2's exact + MinHash-LSH dedup over corpus + copies."""
     import numpy as np
 
-    from k2core.data.dedup import MinHasher, clusters, exact_key
+    from k2core.text.dedup import MinHasher, clusters, exact_key
 
     mh = MinHasher()
     rng = random.Random(seed)
@@ -181,7 +181,8 @@ def bench_dedup(texts: list[str], n_planted: int, seed: int = 0) -> dict:
 def bench_dask(docs: list[dict], workers: list[int], tmp: Path) -> list[dict]:
     """The whole curate stage on the corpus with 1, 2, … Dask workers (LocalCluster)."""
     from k2core.config import load_config
-    from k2core.stage import execute, plan
+    from k2core.pipeline import plan
+    from k2core.stage import execute
     from k2core.store import open_store
 
     src = tmp / "corpus.jsonl"
@@ -219,7 +220,7 @@ def main() -> None:
     rows = []
     import statistics
 
-    from k2core.data import text as k2text
+    from k2core.text import words as k2text
 
     # Both sides run interleaved, slice by slice (k2's repeats, then datatrove, on the same 25
     # documents), so a change in the machine's speed during the run (this 2-core VM varies by

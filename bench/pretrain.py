@@ -30,7 +30,8 @@ import torch  # noqa: E402
 
 from k2core.config import load_config  # noqa: E402
 from k2core.progress import Progress  # noqa: E402
-from k2core.train.pretrain import Job, launch, train  # noqa: E402
+from k2core.train.loop import launch  # noqa: E402
+from k2core.train.pretrain import ENTRY, Job, train  # noqa: E402
 
 
 def main() -> int:
@@ -56,7 +57,8 @@ def main() -> int:
     if args.profile_steps:
         return profile(job, cfg, args.profile_steps)
     t0 = time.perf_counter()
-    summary = launch(job, args.nproc, print, Progress) if args.nproc > 1 else train(job, print, Progress)
+    summary = launch(ENTRY, job.__dict__, work, args.nproc, cfg.steps, "pretrain", print, Progress) if args.nproc > 1 \
+        else train(job, print, Progress)
     wall = time.perf_counter() - t0
 
     import pandas as pd
@@ -96,14 +98,14 @@ def profile(job: Job, cfg, n: int) -> int:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    from k2core.optim import MuonClip
     from k2core.perf import sync
-    from k2core.train.pretrain import Batches, autocast, build_model
+    from k2core.train.loop import autocast, build_model
+    from k2core.train.pretrain import Batches
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = build_model(cfg, job.index["vocab_size"], device)
     net = torch.compile(model) if device.type == "cuda" and cfg.compile else model
-    opt = MuonClip.for_model(model, cfg.optim)
+    opt = cfg.optim.build(model)
     amp = autocast(device)
     data = Batches(job.rows("train"), cfg.micro_batch, cfg.seed, job.index["vocab_size"])
 

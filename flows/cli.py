@@ -1,103 +1,45 @@
 """The `k2` command line. Heavy imports (prefect, pyarrow, great_expectations) happen lazily,
-inside the commands that need them, so `k2 --help` starts fast."""
+inside the commands that need them, so `k2 --help` starts fast. Helpers shared with the other CLI
+modules (cli_model, cli_experiment, cli_server) are in flows/common.py."""
 from __future__ import annotations
 
 import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
-EXIT_FAILED, EXIT_USAGE = 1, 2
-
-
-def _prefect_env() -> str:
-    """Defaults that make Prefect behave on a small offline machine; returns the orchestrator label."""
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
-    api = os.environ.get("PREFECT_API_URL")
-    if not api:
-        from prefect.settings import PREFECT_API_URL
-
-        api = PREFECT_API_URL.value()
-    return f"prefect (server {api})" if api else "prefect (ephemeral API)"
-
-
-def _config(args: argparse.Namespace, base: dict[str, Any] | None = None):
-    from k2core.config import load_config
-
-    values: dict[str, Any] = {}
-    if getattr(args, "source", None):
-        values.setdefault("ingest", {})["source"] = args.source
-    if args.store:
-        values.setdefault("store", {})["uri"] = args.store
-    return load_config(getattr(args, "profile", None), getattr(args, "config", None), args.set or [],
-                       values=values, base=base)
-
-
-def _store(args: argparse.Namespace, cfg=None):
-    from k2core.store import open_store
-
-    if cfg is None:
-        cfg = _config(args)
-    return open_store(cfg.store.uri, cfg.store.s3_endpoint_url, cfg.store.s3_region)
-
-
-def _short(text: str, n: int = 90) -> str:
-    return text if len(text) <= n else text[: n - 1] + "…"
-
-
-def _print_run(record, as_json: bool) -> None:
-    from k2core.report import key_metrics, table
-
-    if as_json:
-        print(json.dumps(record.model_dump(mode="json"), indent=2))
-        return
-    rows = [{"stage": s.stage, "version": s.version, "status": s.status,
-             "seconds": f"{s.seconds:.1f}" if s.seconds is not None else "-",
-             "detail": key_metrics(s.metrics) if s.status in ("computed", "cache_hit") else _short(s.reason)}
-            for s in record.stages]
-    print(table(rows, ["stage", "version", "status", "seconds", "detail"]))
-    print(f"\nrun {record.run_id}: {record.status} ({record.orchestrator})")
-    for s in record.stages:
-        if s.location:
-            print(f"  {s.stage}: {s.location}")
-    print(f"details: k2 show {record.run_id}   lineage: k2 lineage {record.stages[-1].stage}")
-
+from flows.common import EXIT_FAILED, EXIT_USAGE, config_from_args, prefect_env, print_run, store_from_args
 
 def _run_pipeline(args, cfg, store, *, stages: str | None, pinned: dict[str, str] | None,
                   rerun_of: str | None) -> int:
+    """Plan once (bad sources fail here, before any work), then run the plan: through Prefect, or —
+    when every stage is a cache hit and no server would show the run — without starting it."""
+    from k2core.pipeline import plan, select_stages
     from k2core.runs import RunRecorder, load_run, new_run_id
-    from k2core.stage import plan, select_stages
 
-    planned = plan(cfg, store, select_stages(stages), pinned=pinned)  # bad sources fail here, before work
+    planned = plan(cfg, store, select_stages(stages), pinned=pinned)
     run_id = new_run_id()
     if all(p.cached for p in planned) and not args.force and not os.environ.get("PREFECT_API_URL"):
         # Nothing to compute and no server to show it on: starting Prefect's ephemeral API would
         # cost ~10 s to record cache hits. The run record says so.
+        from k2core.stage import execute
+
         rec = RunRecorder.start(store, run_id, cfg.model_dump(mode="json"), planned,
                                 "none (all stages cached; Prefect not started)", rerun_of=rerun_of)
         for p in planned:
-            t_stage = time.monotonic()
-            s = rec.record.stage(p.name)
-            art = store.artifact(p.name, p.version)
-            s.status, s.reason, s.location, s.metrics = "cache_hit", "cached", art.location, art.metrics
-            s.seconds = round(time.monotonic() - t_stage, 3)
+            rec.stage_done(execute(p, cfg, store))
         rec.finish()
-        _print_run(rec.record, args.json)
+        print_run(rec.record, args.json)
         return 0
-    orchestrator = _prefect_env()
+    orchestrator = prefect_env()
     from flows.pipeline import k2_pipeline
 
-    state = k2_pipeline(config=cfg, stages=",".join(p.name for p in planned), force=args.force,
-                        run_id=run_id, pinned=pinned, rerun_of=rerun_of, orchestrator=orchestrator,
-                        return_state=True)
+    state = k2_pipeline(config=cfg, force=args.force, run_id=run_id, rerun_of=rerun_of, orchestrator=orchestrator,
+                        planned=[p.to_record() for p in planned], return_state=True)
     record = load_run(store, run_id) if store.exists(f"runs/{run_id}.json") else None
     if record is not None:
-        _print_run(record, args.json)
+        print_run(record, args.json)
     if not state.is_completed():
         print(f"k2: error: {(record.error if record else None) or state.message}", file=sys.stderr)
         return EXIT_FAILED
@@ -106,18 +48,19 @@ def _run_pipeline(args, cfg, store, *, stages: str | None, pinned: dict[str, str
 
 # ---------------------------------------------------------------------------- commands
 def cmd_run(args) -> int:
-    cfg = _config(args)
-    return _run_pipeline(args, cfg, _store(args, cfg), stages=args.stages, pinned=None, rerun_of=None)
+    cfg = config_from_args(args)
+    return _run_pipeline(args, cfg, store_from_args(args, cfg), stages=args.stages, pinned=None, rerun_of=None)
 
 
 def cmd_rerun(args) -> int:
-    from k2core.runs import load_run, upstream_of
+    from k2core.pipeline import upstream_of
+    from k2core.runs import load_run
 
-    store = _store(args)
+    store = store_from_args(args)
     record = load_run(store, args.run)
     base = dict(record.config)
     base.pop("store", None)  # the store is where we read the run from, not where it once ran
-    cfg = _config(args, base=base)
+    cfg = config_from_args(args, base=base)
     pinned = upstream_of(store, args.stage, args.run)
     return _run_pipeline(args, cfg, store, stages=args.stage, pinned=pinned, rerun_of=args.run)
 
@@ -126,7 +69,7 @@ def cmd_runs(args) -> int:
     from k2core.report import table
     from k2core.runs import list_runs
 
-    runs = list_runs(_store(args))[: args.limit]
+    runs = list_runs(store_from_args(args))[: args.limit]
     if args.json:
         print(json.dumps([r.model_dump(mode="json") for r in runs], indent=2))
         return 0
@@ -144,9 +87,9 @@ def cmd_show(args) -> int:
     from k2core.report import fmt_value, table
     from k2core.runs import resolve
 
-    kind, obj = resolve(_store(args), args.id)
+    kind, obj = resolve(store_from_args(args), args.id)
     if kind == "run":
-        _print_run(obj, args.json)
+        print_run(obj, args.json)
         return 0
     m = obj.manifest
     if args.json:
@@ -171,7 +114,7 @@ def cmd_lineage(args) -> int:
     from k2core.report import lineage_text
     from k2core.runs import lineage, resolve
 
-    store = _store(args)
+    store = store_from_args(args)
     kind, obj = resolve(store, args.id)
     if kind == "run":  # a run's lineage is that of its last stage
         last = obj.stages[-1]
@@ -185,7 +128,7 @@ def cmd_lineage(args) -> int:
 def cmd_stages(args) -> int:
     from k2core.config import PipelineConfig
     from k2core.report import table
-    from k2core.stage import stages
+    from k2core.pipeline import stages
 
     rows = []
     for s in stages():
@@ -202,7 +145,7 @@ def cmd_stages(args) -> int:
 def cmd_config(args) -> int:
     from k2core.config import to_yaml
 
-    cfg = _config(args)
+    cfg = config_from_args(args)
     print(json.dumps(cfg.model_dump(mode="json"), indent=2) if args.json else to_yaml(cfg), end="")
     return 0
 
@@ -305,19 +248,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from k2core.config import ConfigError
-    from k2core.stage import K2Error
-    from k2core.sandbox import SandboxError
-    from k2core.store import StoreError
-    from k2core.model.checkpoint import CheckpointError
-    from k2core.experiments import ExperimentError
+    from k2core.errors import ConfigError, K2Error
 
     try:
         return args.func(args)
     except ConfigError as e:
         print(f"k2: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except (K2Error, StoreError, SandboxError, CheckpointError, ExperimentError) as e:
+    except K2Error as e:
         print(f"k2: error: {e}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

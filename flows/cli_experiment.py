@@ -7,33 +7,20 @@ import time
 from pathlib import Path
 
 
-def _config(cls, sets: list[str] | None):
-    from pydantic import ValidationError
-
-    from k2core.config import ConfigError, deep_merge, parse_override
-
-    data: dict = {}
-    for item in sets or []:
-        data = deep_merge(data, parse_override(item))
-    try:
-        return cls.model_validate(deep_merge(cls().model_dump(), data))
-    except ValidationError as e:
-        raise ConfigError("invalid experiment config: " + "; ".join(
-            f"{'.'.join(map(str, err['loc']))} = {err.get('input')!r}: {err['msg']}" for err in e.errors())) from None
-
-
 def _run(args, cls, name: str, module: str, flow_name: str) -> tuple[dict, Path]:
     """Config from --set, output dir, then the experiment plain (--no-flow) or as its Prefect flow."""
     import importlib
 
-    cfg = _config(cls, args.set)
+    from k2core.config import load_section
+
+    cfg = load_section(cls, args.set or [], "experiment config")
     out = Path(args.out or f"k2-experiments/{name}/{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}")
     if args.no_flow:
         return importlib.import_module(f"k2core.experiments.{module}").run(cfg, out), out
     from flows import experiments
-    from flows.cli import _prefect_env
+    from flows.common import prefect_env
 
-    _prefect_env()
+    prefect_env()
     return getattr(experiments, flow_name)(config=cfg, out_dir=str(out)), out
 
 
@@ -73,7 +60,7 @@ def register(sub) -> None:
              "steps=1000, tau=30, lr=0.02, preset=h200, model.vocab_size=256"),
             ("rephrase-vs-repeat", cmd_rephrase_vs_repeat,
              "raw x10 epochs vs 1 rephrasing x10 vs 10 rephrasings x1 at equal tokens: cloze recall",
-             "docs=20, epochs=10, rephrasings=10, rephrase.checkpoint=DIR, source=FILE.jsonl")):
+             "docs=20, epochs=10, rephrasings=10, rephrase.teacher.checkpoint=DIR, source=FILE.jsonl, store.uri=DIR")):
         sp = esub.add_parser(name, help=help_, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         sp.add_argument("--set", action="append", metavar="KEY=VALUE", help=f"experiment setting, e.g. {example}")
         sp.add_argument("--out", help=f"output directory (default k2-experiments/{name}/<UTC time>)")

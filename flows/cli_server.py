@@ -13,7 +13,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from k2core.stage import K2Error
+from k2core.errors import K2Error
 
 
 def k2_home() -> Path:
@@ -94,13 +94,13 @@ def check_schedule(cron: str, timezone: str) -> None:
 def cmd_deploy(args) -> int:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.cli import _config
+    from flows.common import config_from_args
     from flows.deploy import deploy
     from k2core.report import table
 
     check_schedule(args.cron, args.timezone)
     api = _api(args)
-    cfg = _config(args)
+    cfg = config_from_args(args)
     with temporary_settings({PREFECT_API_URL: api}):     # this server, whatever Prefect loaded before
         done = deploy(cfg, pool=args.pool, gpu_pool=args.gpu_pool, cron=args.cron, timezone=args.timezone,
                       paused=args.paused)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from k2core.config import PipelineConfig
-from k2core.stage import stages
+from k2core.pipeline import stages
 
 ROOT = Path(__file__).resolve().parents[1]
 POOL = "k2-process"

@@ -7,32 +7,36 @@ from prefect import flow
 from prefect.runtime import flow_run
 from prefect.states import Failed, State
 
-from flows.stage import open_config_store, stage_flow
+from flows.stage import stage_flow
 from k2core.config import PipelineConfig
+from k2core.errors import K2Error
+from k2core.pipeline import get_stage, plan, select_stages
 from k2core.runs import RunRecorder, new_run_id
-from k2core.stage import K2Error, plan, select_stages
+from k2core.stage import PlannedStage
 
 
 @flow(name="k2-pipeline", validate_parameters=True)
 def k2_pipeline(config: PipelineConfig = PipelineConfig(), stages: str | None = None, force: bool = False,
                 run_id: str | None = None, pinned: dict[str, str] | None = None,
-                rerun_of: str | None = None, orchestrator: str = "prefect") -> dict[str, Any] | State:
-    """Run `stages` (all, `a,b` or `a..b`); committed versions are reused as cache hits."""
-    store = open_config_store(config)
+                rerun_of: str | None = None, orchestrator: str = "prefect",
+                planned: list[dict[str, Any]] | None = None) -> dict[str, Any] | State:
+    """Run `stages` (all, `a,b` or `a..b`); committed versions are reused as cache hits.
+
+    `planned`: the run's plan, made once by the caller (`k2 run`); a scheduled run plans here."""
+    store = config.store.open()
     try:
-        planned = plan(config, store, select_stages(stages), pinned=pinned)
+        steps = [PlannedStage.from_record(get_stage(d["stage"]), d) for d in planned] if planned is not None \
+            else plan(config, store, select_stages(stages), pinned=pinned)
     except K2Error as e:  # e.g. a missing source: fail before any stage runs
         return Failed(message=str(e))
     run_id = run_id or new_run_id()
     fr_id = str(flow_run.id) if flow_run.id else None
-    RunRecorder.start(store, run_id, config.model_dump(mode="json"), planned, orchestrator,
+    RunRecorder.start(store, run_id, config.model_dump(mode="json"), steps, orchestrator,
                       rerun_of=rerun_of, flow_run_id=fr_id)
-    versions = dict(pinned or {})
-    for p in planned:
-        state = stage_flow(p.name)(config=config, force=force, run_id=run_id, return_state=True,
-                                   inputs={d: versions.get(d, v) for d, v in p.inputs.items()})
+    for p in steps:
+        state = stage_flow(p.name)(config=config, force=force, run_id=run_id, planned=p.to_record(),
+                                   return_state=True)
         if not state.is_completed():  # the stage recorded why; downstream stages are skipped
             return Failed(message=state.message or f"stage {p.name} failed")
-        versions[p.name] = p.version
     RunRecorder.load(store, run_id).finish(flow_run_id=fr_id)
-    return {"run_id": run_id, "stages": [p.name for p in planned]}
+    return {"run_id": run_id, "stages": [p.name for p in steps]}

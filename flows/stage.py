@@ -9,31 +9,34 @@ from prefect.runtime import flow_run
 from prefect.states import Failed, State
 
 from k2core.config import PipelineConfig
-from k2core.runs import RunRecorder, new_run_id, upstream_of
-from k2core.stage import GateFailed, K2Error, get_stage
-from k2core.store import open_store
+from k2core.errors import K2Error
+from k2core.pipeline import get_stage, upstream_of
+from k2core.runs import RunRecorder, new_run_id
+from k2core.stage import GateFailed, PlannedStage
 from tasks.stage import execute_stage, plan_stage, publish_plots, publish_summary
 
 
-def open_config_store(cfg: PipelineConfig):
-    return open_store(cfg.store.uri, cfg.store.s3_endpoint_url, cfg.store.s3_region)
-
-
 def run_stage(name: str, config: PipelineConfig, force: bool = False, run_id: str | None = None,
-              inputs: dict[str, str] | None = None, rerun_of: str | None = None) -> dict[str, Any] | State:
-    """Plan -> execute -> publish one stage, recording it in the run record."""
-    store = open_config_store(config)
+              inputs: dict[str, str] | None = None, rerun_of: str | None = None,
+              planned: dict[str, Any] | None = None) -> dict[str, Any] | State:
+    """Plan (unless the pipeline handed its plan down) -> execute -> publish one stage, recording it
+    in the run record."""
+    store = config.store.open()
     fr_id = str(flow_run.id) if flow_run.id else None
     recorder = RunRecorder.load(store, run_id) if run_id else None
+    plan_: PlannedStage | None = None
     try:
-        if rerun_of and not inputs:
-            inputs = upstream_of(store, name, rerun_of)
-        planned = plan_stage(config, store, name, inputs or {})
+        if planned is not None:
+            plan_ = PlannedStage.from_record(get_stage(name), planned)
+        else:
+            if rerun_of and not inputs:
+                inputs = upstream_of(store, name, rerun_of)
+            plan_ = plan_stage(config, store, name, inputs or {})
         if recorder is None:  # the stage flow triggered on its own (a per-stage deployment)
-            recorder = RunRecorder.start(store, new_run_id(), config.model_dump(mode="json"), [planned],
+            recorder = RunRecorder.start(store, new_run_id(), config.model_dump(mode="json"), [plan_],
                                          "prefect", flow_run_id=fr_id)
         recorder.stage_started(name, fr_id)
-        outcome = execute_stage(planned, config, store, force, recorder.record.run_id, fr_id)
+        outcome = execute_stage(plan_, config, store, force, recorder.record.run_id, fr_id)
     except K2Error as e:  # planning failed (e.g. a missing source)
         outcome = e
     except Exception as e:
@@ -41,9 +44,9 @@ def run_stage(name: str, config: PipelineConfig, force: bool = False, run_id: st
             recorder.stage_failed(name, e, gate_failed=False)
         raise
     if isinstance(outcome, K2Error):
-        if isinstance(outcome, GateFailed):
-            publish_summary(name, planned.version, "gate failed", {"code_version": planned.code,
-                            "inputs": planned.inputs}, outcome.report.to_dict(), outcome.location, planned.reason)
+        if isinstance(outcome, GateFailed) and plan_ is not None:
+            publish_summary(name, plan_.version, "gate failed", {"code_version": plan_.code,
+                            "inputs": plan_.inputs}, outcome.report.to_dict(), outcome.location, plan_.reason)
         if recorder is not None:
             recorder.stage_failed(name, outcome, gate_failed=isinstance(outcome, GateFailed))
         return Failed(message=str(outcome))
@@ -61,8 +64,10 @@ def stage_flow(name: str):
 
     @flow(name=name, description=spec.description, validate_parameters=True)
     def _flow(config: PipelineConfig = PipelineConfig(), force: bool = False, run_id: str | None = None,
-              inputs: dict[str, str] | None = None, rerun_of: str | None = None) -> dict[str, Any] | State:
-        """`rerun_of`: a k2 run id whose upstream artifacts this stage takes as inputs."""
-        return run_stage(name, config, force, run_id, inputs, rerun_of)
+              inputs: dict[str, str] | None = None, rerun_of: str | None = None,
+              planned: dict[str, Any] | None = None) -> dict[str, Any] | State:
+        """`rerun_of`: a k2 run id whose upstream artifacts this stage takes as inputs. `planned`:
+        this stage's entry of the pipeline's plan (set by k2-pipeline; a lone run plans itself)."""
+        return run_stage(name, config, force, run_id, inputs, rerun_of, planned)
 
     return _flow

@@ -4,7 +4,7 @@ deployments."""
 from __future__ import annotations
 
 from flows.stage import stage_flow
-from k2core.stage import stages
+from k2core.pipeline import stages
 
 for _spec in stages():
     globals()[_spec.name] = stage_flow(_spec.name)

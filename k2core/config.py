@@ -11,17 +11,18 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
-from k2core.data import filters as F   # the filters are their own typed config sections
+from k2core.errors import ConfigError
+from k2core.model.config import PRESETS as MODEL_PRESETS, ModelConfig
+from k2core.optim.config import OptimConfig
+from k2core.section import Section
+from k2core.store import Store, open_store
+from k2core.text import filters as F   # the filters are their own typed config sections
 
-
-class ConfigError(ValueError):
-    """A configuration that cannot be used; the message names field, value and what is allowed."""
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+__all__ = ["ConfigError", "Section", "OptimConfig", "StoreConfig", "ModelRef", "PipelineConfig", "load_config",
+           "load_section", "parse_override", "deep_merge", "to_yaml"]
 
 
 class StoreConfig(Section):
@@ -34,6 +35,9 @@ class StoreConfig(Section):
         description="S3-compatible endpoint (MinIO, R2, Ceph); None = AWS or AWS_ENDPOINT_URL")
     s3_region: str | None = Field(default_factory=lambda: os.environ.get("K2_S3_REGION"),
                                   description="S3 region; None = the AWS chain's default")
+
+    def open(self) -> Store:
+        return open_store(self.uri, self.s3_endpoint_url, self.s3_region)
 
 
 class IngestConfig(Section):
@@ -95,22 +99,58 @@ class TokenizeConfig(Section):
                                                             "documents only) in the training stream")
 
 
-class RephraseConfig(Section):
-    """Curated knowledge / math documents -> rewritten versions, verified against their sources
-    (the `rephrase` stage; K2 §2.2). The teacher is an LLM engine; by default the newest committed
-    pretrain model in the store (the previous run's), else the stage records it skipped."""
+class FidelityConfig(Section):
+    """Fidelity checks of rewritten text against its source (k2core/infer/fidelity.py)."""
 
-    enabled: bool = True
+    min_similarity: float = Field(0.7, ge=-1.0, le=1.0, description="cosine similarity (all-MiniLM-L6-v2) at least")
+    min_number_recall: float = Field(1.0, ge=0.0, le=1.0, description="share of the source's numbers kept")
+    min_entity_recall: float = Field(0.7, ge=0.0, le=1.0, description="share of the source's named entities kept")
+    min_length_ratio: float = Field(0.3, ge=0.0, description="rewrite chars / source chars at least")
+    max_length_ratio: float = Field(3.0, gt=0.0, description="rewrite chars / source chars at most")
+    judge: Literal["off", "teacher"] = Field(
+        "off", description="teacher: also ask the teacher LLM whether each rewrite states the source's facts "
+                           "(k2core/infer/prompts/fidelity_judge.txt; a rewrite passes on a 'yes')")
+
+
+class ModelRef(Section):
+    """Which model a stage uses (k2core/models.py resolves it): a k2 checkpoint directory, a
+    committed artifact with a ``model/`` folder, or an OpenAI-compatible server."""
+
     engine: Literal["native", "vllm", "openai"] = Field(
         "native", description="native: a k2 checkpoint on the native engine; vllm: the same on vllm.LLM "
                               "(needs `make vllm-env`); openai: a server")
-    checkpoint: str | None = Field(None, description="native / vllm: checkpoint dir (None = newest pretrain artifact)")
+    checkpoint: str | None = Field(None, description="native / vllm: a checkpoint directory")
+    artifact: str | None = Field(None, description="native / vllm: a committed artifact with model/: STAGE "
+                                                  "(its newest) or STAGE/VERSION; unset with no checkpoint: "
+                                                  "the stage's default")
     base_url: str | None = Field(None, description="openai: e.g. http://127.0.0.1:8000/v1")
     model: str | None = Field(None, description="openai: the model id")
     api_key_env: str | None = Field("OPENAI_API_KEY", description="openai: environment variable with the key")
-    timeout: float = Field(120.0, gt=0)
-    retries: int = Field(4, ge=0)
-    concurrency: int = Field(8, ge=1)
+    timeout: float = Field(120.0, gt=0, description="openai: seconds per request")
+    retries: int = Field(4, ge=0, description="openai: retries on 429 / 5xx / connection errors")
+    concurrency: int = Field(8, ge=1, description="openai: requests in flight")
+
+    @model_validator(mode="after")
+    def _check(self) -> "ModelRef":
+        if self.engine == "openai" and not (self.base_url and self.model):
+            raise _field_error("base_url", "engine openai needs base_url and model")
+        if self.checkpoint and self.artifact:
+            raise _field_error("artifact", "set checkpoint or artifact, not both")
+        if self.artifact is not None and (not self.artifact or self.artifact.count("/") > 1
+                                          or not all(self.artifact.split("/"))):
+            raise _field_error("artifact", f"{self.artifact!r}: expected STAGE or STAGE/VERSION")
+        return self
+
+
+class RephraseConfig(Section):
+    """Curated knowledge / math documents -> rewritten versions, verified against their sources
+    (the `rephrase` stage; K2 §2.2). The teacher is an LLM engine; by default the newest committed
+    pretrain model in the store trained on raw text (the previous run's), else the stage records
+    it skipped."""
+
+    enabled: bool = True
+    teacher: ModelRef = Field(default_factory=ModelRef, description="the rewriting model (unset: the newest "
+                                                                    "pretrain model trained on raw text)")
     per_domain: dict[str, Annotated[int, Field(ge=0, le=20)]] = Field(
         default_factory=lambda: {"prose": 1, "math": 1, "code": 0},
         description="rephrasings per document by domain (unlisted: 0)")
@@ -125,22 +165,50 @@ class RephraseConfig(Section):
     temperature: float = Field(0.7, ge=0.0)
     top_p: float = Field(0.95, gt=0.0, le=1.0)
     seed: int = 0
-    fidelity: "FidelityConfig" = Field(default_factory=lambda: FidelityConfig())
+    fidelity: FidelityConfig = Field(default_factory=FidelityConfig)
     min_accept_rate: float = Field(0.05, ge=0.0, le=1.0, description="gate: accepted / generated rephrasings")
 
 
-class PretrainConfig(Section):
-    """Token shards -> a trained K2 base model (the `pretrain` stage)."""
+def _field_error(path: str, message: str) -> PydanticCustomError:
+    """A validation error about field `path` below the section that raises it (named in full by
+    :func:`load_config`)."""
+    return PydanticCustomError("k2_field", "{path}: {message}", {"path": path, "message": message})
 
-    preset: str = Field("tiny", description="model preset; vocab_size comes from the tokenizer")
+
+class ModelInit(Section):
+    """A model initialised from a preset (k2core.model.config.PRESETS) plus field overrides,
+    checked when the config loads."""
+
+    preset: str = Field("tiny", description="model preset: " + ", ".join(MODEL_PRESETS))
     model: dict[str, Any] = Field(default_factory=dict, description="ModelConfig overrides")
-    optim: "OptimConfig" = Field(default_factory=lambda: OptimConfig())
+
+    @model_validator(mode="after")
+    def _check_model(self) -> "ModelInit":
+        if self.preset not in MODEL_PRESETS:
+            raise _field_error("preset", f"{self.preset!r}: unknown model preset; allowed: {', '.join(MODEL_PRESETS)}")
+        unknown = sorted(set(self.model) - set(ModelConfig.model_fields))
+        if unknown:
+            raise _field_error(f"model.{unknown[0]}", f"unknown field (value {self.model[unknown[0]]!r}); "
+                                                      f"allowed: {', '.join(ModelConfig.model_fields)}")
+        try:
+            ModelConfig.model_validate({**MODEL_PRESETS[self.preset], **self.model})
+        except ValidationError as e:
+            err = e.errors()[0]
+            where = ".".join(map(str, err["loc"]))
+            raise _field_error("model" + (f".{where}" if where else ""),
+                               f"{err['msg'].removeprefix('Value error, ')} (preset {self.preset!r} with "
+                               f"overrides {self.model})") from None
+        return self
+
+
+class TrainConfig(Section):
+    """The shared training loop's settings (k2core/train/loop.py); the training stages' sections
+    extend it."""
+
+    optim: OptimConfig = Field(default_factory=OptimConfig)
     steps: int = Field(1000, ge=1)
     micro_batch: int = Field(8, ge=1, description="sequences per forward pass")
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
-    warmup_steps: int = Field(50, ge=0, description="WSD: linear warm-up")
-    decay_fraction: float = Field(0.2, ge=0.0, le=1.0, description="WSD: the last fraction of steps decays")
-    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="WSD: lr at the end, as a fraction of the peak")
     grad_clip: float | None = Field(1.0, gt=0, description="global gradient-norm clip (on gradients)")
     eval_every: int = Field(100, ge=1, description="validation loss every N steps")
     log_every: int = Field(10, ge=1, description="a log line (loss, lr, tokens/s, MFU, max logit) every N steps")
@@ -155,44 +223,22 @@ class PretrainConfig(Section):
     compile: bool = Field(True, description="torch.compile the model on GPUs (ignored on CPUs)")
     max_minutes: float | None = Field(None, gt=0, description="stop after this many minutes of training even "
                                                               "if steps remain (the schedule still spans `steps`)")
+
+
+class PretrainConfig(ModelInit, TrainConfig):
+    """Token shards -> a trained K2 base model (the `pretrain` stage); vocab_size comes from the
+    tokenizer."""
+
+    warmup_steps: int = Field(50, ge=0, description="WSD: linear warm-up")
+    decay_fraction: float = Field(0.2, ge=0.0, le=1.0, description="WSD: the last fraction of steps decays")
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="WSD: lr at the end, as a fraction of the peak")
     min_loss_drop: float = Field(0.5, ge=0.0, description="gate: final val loss <= initial - this (nats)")
 
 
-class FidelityConfig(Section):
-    """Fidelity checks of rewritten text against its source (k2core/data/fidelity.py)."""
-
-    min_similarity: float = Field(0.7, ge=-1.0, le=1.0, description="cosine similarity (all-MiniLM-L6-v2) at least")
-    min_number_recall: float = Field(1.0, ge=0.0, le=1.0, description="share of the source's numbers kept")
-    min_entity_recall: float = Field(0.7, ge=0.0, le=1.0, description="share of the source's named entities kept")
-    min_length_ratio: float = Field(0.3, ge=0.0, description="rewrite chars / source chars at least")
-    max_length_ratio: float = Field(3.0, gt=0.0, description="rewrite chars / source chars at most")
-    judge: Literal["off", "teacher"] = Field(
-        "off", description="teacher: also ask the teacher LLM whether each rewrite states the source's facts "
-                           "(prompts/judge/fidelity.txt; a rewrite passes on a 'yes')")
-
-
-class OptimConfig(Section):
-    """MuonClip (K2 §2.1): Muon for hidden matrices, AdamW for embeddings / head / norm gains,
-    QK-Clip on the attention logits. Nested in the training stages' sections."""
-
-    lr: float = Field(2e-4, gt=0, description="peak learning rate, shared by Muon and AdamW (match_rms_adamw)")
-    weight_decay: float = Field(0.1, ge=0, description="decoupled weight decay (K2: 0.1)")
-    momentum: float = Field(0.95, ge=0, lt=1, description="Muon momentum")
-    nesterov: bool = True
-    ns_steps: int = Field(5, ge=1, le=20, description="Newton-Schulz iterations")
-    ns_dtype: Literal["auto", "bf16", "fp32"] = Field(
-        "auto", description="Newton-Schulz precision; auto = bf16 on GPUs, fp32 on CPUs (bf16 is emulated there)")
-    adamw_betas: tuple[float, float] = (0.9, 0.95)
-    adamw_eps: float = Field(1e-8, gt=0)
-    qk_clip: bool = Field(True, description="rescale q/k rows of heads whose max logit exceeds qk_clip_tau")
-    qk_clip_tau: float = Field(100.0, gt=0, description="QK-Clip threshold tau (K2: 100; its ablation: 30)")
-
-
-class QKClipExperimentConfig(Section):
+class QKClipExperimentConfig(ModelInit):
     """`k2 experiment qk-clip`: the same small MLA model trained twice on the same byte-level text,
     with plain Muon and with MuonClip, at a learning rate high enough for attention logits to grow."""
 
-    preset: str = Field("tiny", description="model preset (k2core.model.config.PRESETS)")
     model: dict[str, Any] = Field(default_factory=lambda: {"vocab_size": 256},
                                   description="ModelConfig overrides (vocab 256: byte tokens)")
     steps: int = Field(300, ge=1)
@@ -210,26 +256,27 @@ class QKClipExperimentConfig(Section):
     max_minutes: float | None = Field(None, gt=0, description="stop both arms at the same step after this long")
 
 
-class RephraseRepeatExperimentConfig(Section):
+class RephraseRepeatExperimentConfig(ModelInit):
     """`k2 experiment rephrase-vs-repeat` (K2 §2.2's ablation in miniature): the same small model
     trained on the same token budget three ways — raw documents × `epochs`, one rephrasing ×
     `epochs`, `rephrasings` rephrasings × 1 — and scored on cloze questions from the raw documents."""
 
     source: str = Field("store", description="store: prose documents of the newest curate artifact in `store`; "
                                              "or a JSONL file with a text field")
-    store: str = Field("k2-store", description="the store the default source and teacher come from")
+    store: StoreConfig = Field(default_factory=StoreConfig,
+                               description="the store the default source and teacher come from")
     docs: int = Field(20, ge=1, description="knowledge documents")
     min_chars: int = Field(400, ge=50, description="shorter documents are skipped")
     max_chars: int = Field(2000, ge=100, description="documents are cut to this many characters (whole sentences)")
     epochs: int = Field(10, ge=1, description="passes over the raw text (and over the single rephrasing)")
     rephrasings: int = Field(10, ge=1, description="rephrasings per document of the one-epoch arm")
-    rephrase: "RephraseConfig" = Field(default_factory=lambda: RephraseConfig(chunk_chars=600, max_tokens=160),
-                                       description="teacher (engine / checkpoint / base_url / model), prompts, "
-                                                   "sampling, fidelity thresholds")
+    rephrase: RephraseConfig = Field(default_factory=lambda: RephraseConfig(chunk_chars=600, max_tokens=160),
+                                     description="teacher (teacher.engine / .checkpoint / .base_url / .model), "
+                                                 "prompts, sampling, fidelity thresholds")
     probe_items: int = Field(200, ge=4, description="cloze questions (at most 5 per document)")
     choices: int = Field(4, ge=2, description="answers per question: the true one + distractors of its kind")
-    preset: str = Field("tiny", description="student model preset")
-    model: dict[str, Any] = Field(default_factory=lambda: {"vocab_size": 256}, description="byte tokens")
+    model: dict[str, Any] = Field(default_factory=lambda: {"vocab_size": 256},
+                                  description="student ModelConfig overrides (vocab 256: byte tokens)")
     batch: int = Field(16, ge=1)
     seq: int = Field(128, ge=8)
     lr: float = Field(0.01, gt=0, description="MuonClip learning rate of the students")
@@ -297,30 +344,53 @@ def parse_override(item: str) -> dict[str, Any]:
     return node
 
 
-def _allowed(model: type[BaseModel], loc: tuple) -> str:
-    """The field names allowed at `loc` (for unknown-field errors)."""
-    cur: Any = model
+def _section_at(root: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    """The section class holding the field at `loc` (None when `loc` leaves the typed sections)."""
+    cur: Any = root
     for part in loc[:-1]:
         field = cur.model_fields.get(part) if isinstance(cur, type) and issubclass(cur, BaseModel) else None
         if field is None:
-            return ""
+            return None
         cur = field.annotation
-    if isinstance(cur, type) and issubclass(cur, BaseModel):
-        return ", ".join(cur.model_fields)
-    return ""
+    return cur if isinstance(cur, type) and issubclass(cur, BaseModel) else None
 
 
-def _format_error(err: ValidationError, data: dict[str, Any]) -> str:
+# fields that moved: (section, old name) -> where they are now
+_MOVED: dict[tuple[type[BaseModel], str], str] = {
+    **{(RephraseConfig, f): f"teacher.{f}" for f in ModelRef.model_fields if f != "artifact"},
+    (OptimConfig, "qk_clip"): "qk_clip_tau (null turns QK-Clip off)",
+}
+
+
+def _format_error(err: ValidationError, root: type[BaseModel], what: str = "config") -> str:
     lines = []
     for e in err.errors():
         loc = tuple(e["loc"])
         name = ".".join(str(p) for p in loc)
         value = e.get("input")
         if e["type"] == "extra_forbidden":
-            lines.append(f"{name}: unknown field (value {value!r}); allowed: {_allowed(PipelineConfig, loc)}")
+            section = _section_at(root, loc)
+            allowed = ", ".join(section.model_fields) if section else ""
+            moved = _MOVED.get((section, str(loc[-1]))) if section else None
+            hint = f" — moved to {'.'.join(map(str, loc[:-1] + (moved,)))}" if moved else ""
+            lines.append(f"{name}: unknown field (value {value!r}){hint}; allowed: {allowed}")
+        elif e["type"] == "k2_field":
+            lines.append(f"{name + '.' if name else ''}{e['ctx']['path']}: {e['ctx']['message']}")
         else:
             lines.append(f"{name} = {value!r}: {e['msg']}")
-    return "invalid config: " + "; ".join(lines)
+    return f"invalid {what}: " + "; ".join(lines)
+
+
+def load_section(cls: type[Section], overrides: list[str] | tuple[str, ...] = (), what: str = "config") -> Section:
+    """One section (an experiment's, say) from its defaults and ``--set`` overrides, validated like
+    the pipeline config. Overrides merge into the defaults, nested sections included."""
+    data: dict[str, Any] = cls().model_dump()
+    for item in overrides:
+        data = deep_merge(data, parse_override(item))
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_error(e, cls, what)) from None
 
 
 def load_config(profile: str | None = None, config_file: str | Path | None = None,
@@ -356,7 +426,7 @@ def load_config(profile: str | None = None, config_file: str | Path | None = Non
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_error(e, data)) from None
+        raise ConfigError(_format_error(e, PipelineConfig)) from None
 
 
 def to_yaml(cfg: PipelineConfig) -> str:

@@ -3,11 +3,19 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import Any
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
 
-from k2core.stage import K2Error, PlannedStage, StageOutcome, now_iso
+from k2core.errors import K2Error
 from k2core.store import Store, StoreError, check_key
 from schemas.records import RunRecord, StageRun
+
+if TYPE_CHECKING:  # the stage contract builds on run records, not the other way round
+    from k2core.stage import PlannedStage, StageOutcome
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def new_run_id() -> str:
@@ -25,7 +33,7 @@ class RunRecorder:
         self.store, self.record = store, record
 
     @classmethod
-    def start(cls, store: Store, run_id: str, config: dict[str, Any], planned: list[PlannedStage],
+    def start(cls, store: Store, run_id: str, config: dict[str, Any], planned: "list[PlannedStage]",
               orchestrator: str, rerun_of: str | None = None,
               flow_run_id: str | None = None) -> "RunRecorder":
         record = RunRecord(run_id=run_id, created_at=now_iso(), orchestrator=orchestrator, config=config,
@@ -48,7 +56,7 @@ class RunRecorder:
         s.status, s.started_at, s.flow_run_id = "running", now_iso(), flow_run_id or s.flow_run_id
         self.save()
 
-    def stage_done(self, outcome: StageOutcome, flow_run_id: str | None = None) -> None:
+    def stage_done(self, outcome: "StageOutcome", flow_run_id: str | None = None) -> None:
         s = self.record.stage(outcome.stage)
         s.status, s.seconds, s.location = outcome.status, round(outcome.seconds, 3), outcome.location
         s.reason = (outcome.reason or s.reason) if outcome.status == "computed" else "cached"
@@ -106,10 +114,8 @@ def resolve(store: Store, ident: str) -> tuple[str, Any]:
         stage, _, version = ident.partition("/")
         matches = [(s, v) for s, v in arts if s == stage and v.startswith(version)]
     else:
-        matches = [(s, v) for s, v in arts if s == ident]
-        if matches:  # a stage name: its newest artifact
-            newest = max((store.artifact(s, v) for s, v in matches),
-                         key=lambda a: a.manifest.get("created_at", ""))
+        newest = store.newest(ident) if any(s == ident for s, _ in arts) else None
+        if newest is not None:  # a stage name: its newest artifact
             return "artifact", newest
         matches = [(s, v) for s, v in arts if len(ident) >= 6 and v.startswith(ident)]
     if not matches:
@@ -134,20 +140,3 @@ def lineage(store: Store, stage: str, version: str) -> dict[str, Any]:
             except StoreError:
                 node["inputs"].append({"stage": ref["stage"], "version": ref["version"], "missing": True})
     return node
-
-
-def upstream_of(store: Store, stage: str, run_id: str) -> dict[str, str]:
-    """The versions of `stage`'s inputs that an earlier run used (to rerun the stage against them)."""
-    from k2core.stage import get_stage
-
-    record = load_run(store, run_id)
-    out = {}
-    for dep in get_stage(stage).inputs:
-        try:
-            version = record.stage(dep).version
-        except KeyError:
-            raise K2Error(f"run {run_id} has no {dep} stage to take {stage}'s input from") from None
-        if not version or not store.has_artifact(dep, version):
-            raise K2Error(f"run {run_id}'s {dep}/{version} is not committed in {store.uri}")
-        out[dep] = version
-    return out

@@ -32,6 +32,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from k2core.errors import K2Error
+
 log = logging.getLogger("k2.sandbox")
 
 LAYERS = ("bubblewrap", "unshare", "rlimits")
@@ -40,7 +42,7 @@ BASE_UID = 61000                      # slot i runs as uid/gid BASE_UID + i (whe
 WORK = "/work"                        # the work dir's path inside a bubblewrap sandbox
 
 
-class SandboxError(RuntimeError):
+class SandboxError(K2Error):
     """The sandbox itself cannot run (not the program inside it failing)."""
 
 

@@ -24,13 +24,15 @@ import shutil
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
+
+from k2core.errors import K2Error
 
 MANIFEST = "manifest.json"
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]*$")
 
 
-class StoreError(RuntimeError):
+class StoreError(K2Error):
     """A store operation failed (missing artifact, bad key, unreachable backend)."""
 
 
@@ -171,6 +173,16 @@ class Store(ABC):
             if len(parts) == 4 and parts[3] == MANIFEST:
                 out.append((parts[1], parts[2]))
         return sorted(out)
+
+    def newest(self, stage: str, keep: Callable[[Artifact], bool] | None = None) -> Artifact | None:
+        """The most recently created committed artifact of `stage` (that `keep` accepts), or None."""
+        best: Artifact | None = None
+        for s, version in self.artifacts(stage):
+            art = self.artifact(s, version)
+            if (keep is None or keep(art)) and (best is None or art.manifest.get("created_at", "") >
+                                                best.manifest.get("created_at", "")):
+                best = art
+        return best
 
     @contextlib.contextmanager
     def workdir(self, stage: str, version: str) -> Iterator[Path]:

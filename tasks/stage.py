@@ -10,8 +10,10 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
 from k2core.config import PipelineConfig
+from k2core.errors import K2Error
+from k2core.pipeline import plan
 from k2core.report import stage_markdown
-from k2core.stage import K2Error, PlannedStage, StageOutcome, execute, plan
+from k2core.stage import PlannedStage, StageOutcome, execute
 from k2core.store import Store
 
 

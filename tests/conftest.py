@@ -126,7 +126,8 @@ def _suite(min_rows):
 @pytest.fixture
 def toy_stages():
     """toy_wc (ingest -> counts), toy_strict (a gate that always fails), toy_after (downstream)."""
-    from k2core.stage import StageSpec, register, stages, unregister
+    from k2core.pipeline import register, stages, unregister
+    from k2core.stage import StageSpec
 
     stages()  # built-ins first
     specs = [

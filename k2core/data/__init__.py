@@ -1,1 +1,1 @@
-"""Data stages: ingest (and, later, curation, rephrasing, tokenisation)."""
+"""The pre-training data stages: ingest, curate, rephrase, tokenize (the stage list is k2core/pipeline.py)."""

@@ -27,9 +27,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from k2core.data.dedup import MinHasher, clusters, exact_key
-from k2core.data.filters import Doc, tag_domain
-from k2core.stage import K2Error, StageContext
+from k2core.text.dedup import MinHasher, clusters, exact_key
+from k2core.text.filters import Doc, tag_domain
+from k2core.errors import K2Error
+from k2core.stage import StageContext
 from schemas.documents import CURATED_SCHEMA, REJECT_SCHEMA
 
 STAGE1 = pa.schema(list(CURATED_SCHEMA) + [pa.field("bands", pa.list_(pa.uint64()))])
@@ -137,8 +138,16 @@ def _client(cfg):
     if cfg.dask_address:
         return Client(cfg.dask_address), None
     workers = cfg.dask_workers or os.cpu_count() or 1
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                           dashboard_address=None, silence_logs=40)
+    # Dask's nanny writes OMP_NUM_THREADS=1 (and MKL / OpenBLAS) into this process's environment
+    # for the workers it spawns, and leaves it there: torch imported later in the run would then
+    # train on one thread (and compute different bits). The workers keep it; we do not.
+    saved = dict(os.environ)
+    try:
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                               dashboard_address=None, silence_logs=40)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
     return Client(cluster), cluster
 
 

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from k2core.config import PipelineConfig
-from k2core.data.sources import SourceError, fingerprint as source_fingerprint, iter_records, list_source
+from k2core.sources import SourceError, fingerprint as source_fingerprint, iter_records, list_source
 from k2core.store import s3_client
 from k2core.stage import StageContext
 from schemas.documents import DOCUMENT_SCHEMA, REJECT_SCHEMA

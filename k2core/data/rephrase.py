@@ -6,11 +6,12 @@ chunk and autoregressively, each rewrite verified against its source.
 - Long documents are cut at paragraph, then sentence boundaries into chunks of ≤ ``chunk_chars``;
   chunk k is rewritten with the end of the rewrite of chunks < k in its prompt; the rewrites are
   concatenated. All rephrasings advance together, one batched generate call per chunk index.
-- Every chunk goes through :class:`~k2core.data.fidelity.Verifier`; a rephrasing is accepted when
+- Every chunk goes through :class:`~k2core.infer.fidelity.Verifier`; a rephrasing is accepted when
   all its chunks pass. Rejected ones are kept in ``rejects/`` with their reasons.
-- The teacher: ``engine`` native or vllm (``checkpoint``, or the newest committed pretrain model in the
-  store that was trained on raw text — so a nightly rerun settles into cache hits instead of each
-  model teaching the next) or openai (``base_url`` + ``model``). With no teacher the stage
+- The teacher: ``teacher`` (a :class:`~k2core.config.ModelRef`, resolved by k2core/models.py) —
+  native or vllm on ``checkpoint`` / ``artifact``, by default the newest committed pretrain model
+  trained on raw text (so a nightly rerun settles into cache hits instead of each model teaching
+  the next), or openai (``base_url`` + ``model``). With no teacher the stage
   writes an empty output and records ``skipped: no teacher model``; the pipeline continues on raw
   text. Nothing is ever canned.
 """
@@ -18,14 +19,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import string
 import time
 from pathlib import Path
 from typing import Any
 
+from k2core.artifacts import read_documents
 from k2core.config import PipelineConfig
-from k2core.stage import K2Error, StageContext
+from k2core.errors import K2Error
+from k2core.models import ResolvedModel, raw_text_teacher, resolve_model
+from k2core.stage import StageContext
+from k2core.text.chunks import split_chunks
 
 PROMPTS = Path(__file__).parent / "prompts" / "rephrase"
 STOPS = ["\n\nPassage:", "<|endoftext|>", "\n\nBelow is"]
@@ -34,107 +38,24 @@ COLUMNS = ["id", "text", "domain", "source_id", "style", "rephrasing", "n_chunks
 
 
 # ---------------------------------------------------------------------------- teacher
-def resolve_teacher(cfg: PipelineConfig) -> dict[str, Any] | None:
-    """Which model rewrites: an identity that goes into the stage version (a new teacher, a new
+def resolve_teacher(cfg: PipelineConfig) -> ResolvedModel | None:
+    """Which model rewrites (its identity goes into the stage version: a new teacher, a new
     version), or None when there is none."""
-    rc = cfg.rephrase
-    if not rc.enabled:
+    if not cfg.rephrase.enabled:
         return None
-    if rc.engine == "openai":
-        if not rc.base_url or not rc.model:
-            raise K2Error("rephrase.engine = openai needs rephrase.base_url and rephrase.model")
-        return {"engine": "openai", "base_url": rc.base_url, "model": rc.model}
-    if rc.checkpoint:
-        path = Path(rc.checkpoint).expanduser().resolve()
-        if not (path / "config.json").exists():
-            raise K2Error(f"rephrase.checkpoint = {rc.checkpoint}: no config.json there")
-        return {"engine": rc.engine, "checkpoint": str(path), "mtime": int((path / "config.json").stat().st_mtime)}
-    from k2core.store import open_store
-
-    store = open_store(cfg.store.uri, cfg.store.s3_endpoint_url, cfg.store.s3_region)
-    newest = None
-    for stage, version in store.artifacts("pretrain"):
-        m = store.artifact(stage, version).manifest
-        if not _trained_on_raw_text(store, m):
-            continue
-        if newest is None or m.get("created_at", "") > newest[1]:
-            newest = (version, m.get("created_at", ""))
-    if newest is None or "model/tokenizer.json" not in store.artifact("pretrain", newest[0]).files("model/"):
-        return None
-    return {"engine": rc.engine, "pretrain_version": newest[0]}
-
-
-def teacher_checkpoint(store, teacher: dict[str, Any]) -> str:
-    """A local directory with the teacher's files (fetched and sha256-checked from any store)."""
-    if "checkpoint" in teacher:
-        return teacher["checkpoint"]
-    art = store.artifact("pretrain", teacher["pretrain_version"])
-    paths = [art.path(f) for f in art.files("model/")]
-    return str(Path(paths[0]).parent)
-
-
-def open_teacher(cfg, teacher: dict[str, Any], store):
-    """The LLM behind a resolved teacher (`cfg`: a RephraseConfig)."""
-    from k2core.infer.llm import open_llm
-
-    if teacher["engine"] == "openai":
-        return open_llm("openai", base_url=teacher["base_url"], model=teacher["model"], api_key_env=cfg.api_key_env,
-                        timeout=cfg.timeout, retries=cfg.retries, concurrency=cfg.concurrency)
-    return open_llm(teacher["engine"], checkpoint=teacher_checkpoint(store, teacher))
-
-
-def _trained_on_raw_text(store, manifest: dict[str, Any]) -> bool:
-    """Teachers are models whose tokens had no rephrase teacher behind them: otherwise every retrain
-    would make a new teacher, whose rephrasings make a new model, and reruns would never settle."""
-    tok = manifest.get("inputs", {}).get("tokenize", {}).get("version")
-    if tok is None or not store.has_artifact("tokenize", tok):
-        return False
-    reph = store.artifact("tokenize", tok).manifest.get("inputs", {}).get("rephrase", {}).get("version")
-    if reph is None:                      # tokenized before the rephrase stage existed
-        return True
-    return store.has_artifact("rephrase", reph) and store.artifact("rephrase", reph).metrics.get("teacher") == "none"
+    return resolve_model(cfg.rephrase.teacher, cfg.store.open(), default=raw_text_teacher, where="rephrase.teacher")
 
 
 def fingerprint(cfg: PipelineConfig) -> dict[str, Any]:
-    return {"teacher": resolve_teacher(cfg)}
+    teacher = resolve_teacher(cfg)
+    return {"teacher": teacher.identity if teacher is not None else None}
 
 
-def describe(teacher: dict[str, Any] | None) -> str:
-    if teacher is None:
-        return "none"
-    if teacher["engine"] == "openai":
-        return f"openai:{teacher['model']} at {teacher['base_url']}"
-    return f"{teacher['engine']}:pretrain/{teacher['pretrain_version']}" if "pretrain_version" in teacher \
-        else f"{teacher['engine']}:{teacher['checkpoint']}"
+def describe(teacher: ResolvedModel | None) -> str:
+    return "none" if teacher is None else teacher.describe()
 
 
-# ---------------------------------------------------------------------------- text
-def split_chunks(text: str, limit: int) -> list[str]:
-    """Cut at paragraph boundaries, then sentence boundaries, then hard; each chunk ≤ limit chars."""
-    def pieces(block: str, seps: list[str]) -> list[str]:
-        if len(block) <= limit:
-            return [block]
-        if not seps:
-            return [block[i:i + limit] for i in range(0, len(block), limit)]
-        parts = re.split(seps[0], block)
-        out: list[str] = []
-        for p in parts:
-            out += pieces(p, seps[1:]) if len(p) > limit else [p]
-        return out
-
-    units = [u for u in pieces(text.strip(), [r"\n\s*\n", r"(?<=[.!?])\s+"]) if u.strip()]
-    chunks, cur = [], ""
-    for u in units:
-        if cur and len(cur) + 1 + len(u) > limit:
-            chunks.append(cur)
-            cur = u
-        else:
-            cur = f"{cur}\n\n{u}" if cur and "\n" in text else (f"{cur} {u}" if cur else u)
-    if cur:
-        chunks.append(cur)
-    return chunks
-
-
+# ---------------------------------------------------------------------------- prompts
 def load_templates(cfg) -> dict[str, string.Template]:
     names = {*cfg.styles, cfg.math_style}
     out = {}
@@ -194,7 +115,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from k2core.data.tokenize import read_documents
+    from k2core.infer.llm import open_model
 
     cfg = ctx.cfg
     t0 = time.monotonic()
@@ -214,10 +135,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
         pq.write_table(pa.Table.from_pylist([], schema), ctx.workdir / "data" / "rephrased-00000.parquet")
         return {**base, "status": why, "rephrasings": 0, "accepted": 0, "accept_rate_shortfall": 0.0}
 
-    from k2core.data.fidelity import REASONS, Verifier
+    from k2core.infer.fidelity import REASONS, Verifier
 
     templates = load_templates(cfg)
-    llm = open_teacher(cfg, teacher, ctx.store)
+    llm = open_model(teacher, cfg.teacher, ctx.store)
     ctx.log(f"rephrase: teacher {describe(teacher)}; {len(eligible)} documents")
     # one job per rephrasing: source doc, style, source chunks, rewritten chunks
     jobs = [new_job(d, k, cfg) for d in eligible for k in range(cfg.per_domain[d["domain"]])]
@@ -251,7 +172,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     rate = len(ok) / len(rows)
     plot(chunk_sims, reason_counts, cfg.fidelity.min_similarity, ctx.workdir / "rephrase.png", desc)
     qs = _quantiles(chunk_sims)
-    (ctx.workdir / "report.json").write_text(json.dumps({"teacher": teacher, "reasons": reason_counts,
+    (ctx.workdir / "report.json").write_text(json.dumps({"teacher": teacher.identity, "reasons": reason_counts,
                                                          "similarity_quantiles": qs}, indent=1))
     return {**base, "status": "rephrased", "rephrasings": len(rows), "accepted": len(ok), "accept_rate": rate,
             "accept_rate_shortfall": max(0.0, cfg.min_accept_rate - rate), "chunks": len(verdicts),

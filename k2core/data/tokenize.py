@@ -17,43 +17,17 @@ from typing import Any
 
 import numpy as np
 
-from k2core.stage import K2Error, StageContext
+from k2core.artifacts import read_documents, read_input_rows
+from k2core.errors import K2Error
+from k2core.stage import StageContext
+from k2core.text.special_tokens import EOS, PAD, SPECIAL_TOKENS
 
-EOS = "<|endoftext|>"
-PAD = "<|pad|>"
-# K2 chat and tool-call tokens (K2_REFERENCE.md §4), reserved now so later stages never re-tokenize
-SPECIAL_TOKENS = [EOS, PAD, "<|im_system|>", "<|im_user|>", "<|im_assistant|>", "<|im_middle|>", "<|im_end|>",
-                  "<|tool_calls_section_begin|>", "<|tool_calls_section_end|>", "<|tool_call_begin|>",
-                  "<|tool_call_argument_begin|>", "<|tool_call_end|>"]
 
 
 def _unit(doc_id: str, salt: str) -> float:
     """A stable number in [0, 1) per document: held-out split and fractional epochs."""
     h = hashlib.blake2b(f"{salt}:{doc_id}".encode(), digest_size=8).digest()
     return int.from_bytes(h, "little") / 2 ** 64
-
-
-def read_input_rows(ctx: StageContext, stage: str, columns: list[str]) -> list[dict[str, Any]]:
-    """`columns` of every row in the `stage` input's data/ shards, sorted by id (shard layout never
-    changes the result); none when the stage is not an input."""
-    art = ctx.inputs.get(stage)
-    return read_artifact_rows(art, columns) if art is not None else []
-
-
-def read_artifact_rows(art, columns: list[str]) -> list[dict[str, Any]]:
-    """`columns` of every row in an artifact's data/ shards, sorted by id."""
-    import pyarrow.parquet as pq
-
-    rows = []
-    for rel in art.files("data/"):
-        rows += pq.read_table(art.path(rel), columns=columns).to_pylist()
-    rows.sort(key=lambda r: r["id"])
-    return rows
-
-
-def read_documents(ctx: StageContext) -> list[dict[str, Any]]:
-    """The curated documents (id, text, domain)."""
-    return read_input_rows(ctx, "curate", ["id", "text", "domain"])
 
 
 def train_tokenizer(texts, vocab_size: int, min_frequency: int):
@@ -172,20 +146,3 @@ def gate_frame(workdir: Path, columns: list[str]):
 
     path = workdir / "tokens" / "shards.parquet"
     return pd.read_parquet(path) if path.exists() else pd.DataFrame({c: [] for c in columns})
-
-
-def load_index(art) -> dict[str, Any]:
-    return json.loads(Path(art.path("index.json")).read_text())
-
-
-def read_rows(files: list[str], dtype: str, seq_len: int) -> np.ndarray:
-    """Memory-mapped [rows, seq_len] token rows of shard files; an empty or truncated file is an
-    error naming it."""
-    row_bytes = seq_len * np.dtype(dtype).itemsize
-    for f in files:
-        size = Path(f).stat().st_size
-        if size == 0 or size % row_bytes:
-            raise K2Error(f"token shard {f} is {'empty' if size == 0 else 'truncated'} "
-                          f"({size} bytes; rows are {row_bytes} bytes)")
-    maps = [np.memmap(f, dtype=dtype, mode="r").reshape(-1, seq_len) for f in files]
-    return maps[0] if len(maps) == 1 else np.concatenate(maps)

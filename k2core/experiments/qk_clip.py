@@ -18,7 +18,7 @@ import torch
 from k2core.config import QKClipExperimentConfig
 from k2core.experiments import ExperimentError
 from k2core.progress import Progress
-from k2core.train.pretrain import evaluate
+from k2core.train.loop import autocast, build_model, evaluate, train_step
 
 ARMS = (("muon", "Muon (no clip)"), ("muonclip", "MuonClip"))
 
@@ -26,7 +26,7 @@ ARMS = (("muon", "Muon (no clip)"), ("muonclip", "MuonClip"))
 # ---------------------------------------------------------------------------- data
 def load_bytes(source: str, max_mb: float) -> torch.Tensor:
     """Byte-level token ids of a text corpus: this Python's stdlib sources, a file or a directory."""
-    from k2core.data.sources import stdlib_root
+    from k2core.sources import stdlib_root
 
     limit = int(max_mb * (1 << 20))
     if source == "stdlib":
@@ -68,36 +68,31 @@ class Arm:
     """One model + optimizer of the comparison, stepped on the shared batches."""
 
     def __init__(self, cfg: QKClipExperimentConfig, clip: bool, val: torch.Tensor, device: torch.device):
-        from k2core.optim.muonclip import MuonClip
-        from k2core.train.pretrain import autocast, build_model
+        from k2core.optim.config import OptimConfig
 
         self.cfg, self.name = cfg, "muonclip" if clip else "muon"
         self.model = build_model(cfg, None, device)
         if self.model.config.vocab_size < 256:
             raise ExperimentError(f"model.vocab_size = {self.model.config.vocab_size}: byte tokens need at least 256")
-        self.opt = MuonClip.for_model(self.model, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                      qk_clip_tau=cfg.tau if clip else None)
-        self.amp = autocast(device)
-        self.val = [b.to(device) for b in batches(val, 4, cfg.batch, cfg.seq, cfg.seed + 1)]
+        self.opt = OptimConfig(lr=cfg.lr, weight_decay=cfg.weight_decay,
+                               qk_clip_tau=cfg.tau if clip else None).build(self.model)
+        self.amp, self.device = autocast(device), device
+        self.val = [{"input_ids": t, "labels": t}
+                    for t in (b.to(device) for b in batches(val, 4, cfg.batch, cfg.seq, cfg.seed + 1))]
         self.rows: list[dict[str, Any]] = []
         self.diverged = False
         self.seconds = 0.0
 
     def step(self, step: int, ids: torch.Tensor) -> None:
         cfg, t0 = self.cfg, time.perf_counter()
-        with self.amp:
-            out = self.model(ids, labels=ids, want_max_logits=True)
-        out.loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip or float("inf"))
-        stats = self.opt.step(max_logits=out.max_logits)
-        self.opt.zero_grad(set_to_none=True)
-        self.model.update_routing_bias()
-        S = stats.max_logit
-        row = {"arm": self.name, "step": step, "loss": float(out.loss.detach()),
+        r = train_step(self.model, self.opt, [{"input_ids": ids, "labels": ids}], amp=self.amp,
+                       grad_clip=cfg.grad_clip, device=self.device, check_finite=False)   # divergence is data here
+        stats, S = r.stats, r.stats.max_logit
+        row = {"arm": self.name, "step": step, "loss": r.loss,
                "max_logit": float(S.max()), "max_logit_per_layer": S.amax(dim=1).tolist(),
                "clipped_heads": stats.clipped_heads,
                "clipped_mask": (S > cfg.tau).flatten().tolist() if self.name == "muonclip" else [],
-               "min_gamma": stats.min_gamma, "grad_norm": float(gnorm), "val_loss": None}
+               "min_gamma": stats.min_gamma, "grad_norm": r.grad_norm, "val_loss": None}
         if step % cfg.eval_every == 0 or step == cfg.steps - 1:
             row["val_loss"] = evaluate(self.model, self.val, self.amp)
         self.seconds += time.perf_counter() - t0

@@ -58,17 +58,13 @@ def _cut(text: str, limit: int) -> str:
 def load_documents(cfg: RephraseRepeatExperimentConfig) -> list[dict[str, Any]]:
     """`cfg.docs` knowledge documents (id, text): prose of the newest curate artifact, or a JSONL file."""
     if cfg.source == "store":
-        from k2core.data.tokenize import read_artifact_rows
-        from k2core.store import open_store
+        from k2core.artifacts import read_artifact_rows
 
-        store = open_store(cfg.store)
-        arts = sorted(((store.artifact(s, v).manifest.get("created_at", ""), v) for s, v in store.artifacts("curate")),
-                      reverse=True)
-        if not arts:
-            raise ExperimentError(f"source = store: no curate artifact in {cfg.store} "
+        curated = cfg.store.open().newest("curate")
+        if curated is None:
+            raise ExperimentError(f"source = store: no curate artifact in {cfg.store.uri} "
                                   "(run `k2 run --stages ingest..curate` first, or give a JSONL file)")
-        rows = [r for r in read_artifact_rows(store.artifact("curate", arts[0][1]), ["id", "text", "domain"])
-                if r["domain"] == "prose"]
+        rows = [r for r in read_artifact_rows(curated, ["id", "text", "domain"]) if r["domain"] == "prose"]
     else:
         path = Path(cfg.source)
         if not path.is_file():
@@ -178,13 +174,13 @@ def arm_streams(docs, reph: dict[str, list[str]], cfg) -> dict[str, torch.Tensor
 
 def train_arm(cfg, data: torch.Tensor, steps: int, device: torch.device, bar) -> tuple[Any, list[float]]:
     """A fresh student (same seed for every arm) trained `steps` steps on consecutive rows of `data`."""
-    from k2core.optim.muonclip import MuonClip
-    from k2core.train.pretrain import autocast, build_model
+    from k2core.optim.config import OptimConfig
+    from k2core.train.loop import autocast, build_model, train_step
 
     model = build_model(cfg, None, device)
     if model.config.vocab_size < 256:
         raise ExperimentError(f"model.vocab_size = {model.config.vocab_size}: byte tokens need at least 256")
-    opt = MuonClip.for_model(model, lr=cfg.lr, weight_decay=0.0)
+    opt = OptimConfig(lr=cfg.lr, weight_decay=0.0).build(model)
     amp = autocast(device)
     rows = len(data) // cfg.seq
     table = data[:rows * cfg.seq].view(rows, cfg.seq)
@@ -192,14 +188,8 @@ def train_arm(cfg, data: torch.Tensor, steps: int, device: torch.device, bar) ->
     for step in range(steps):
         idx = torch.arange(step * cfg.batch, (step + 1) * cfg.batch) % rows      # cycles a short stream
         x = table[idx].to(device)
-        with amp:
-            out = model(x, labels=x, want_max_logits=True)
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step(max_logits=out.max_logits)
-        opt.zero_grad(set_to_none=True)
-        model.update_routing_bias()
-        losses.append(float(out.loss.detach()))
+        losses.append(train_step(model, opt, [{"input_ids": x, "labels": x}], amp=amp, grad_clip=1.0,
+                                 device=device, check_finite=False).loss)
         bar.update(1)
     return model, losses
 
@@ -207,22 +197,21 @@ def train_arm(cfg, data: torch.Tensor, steps: int, device: torch.device, bar) ->
 # ---------------------------------------------------------------------------- run
 def rephrase_documents(cfg, docs, out_dir: Path, log: Callable[[str], None]) -> tuple[dict, dict, str]:
     """`cfg.rephrasings` rewrites of every document by the stage's teacher, prompts and verifier."""
-    from k2core.config import PipelineConfig
-    from k2core.data.fidelity import Verifier
-    from k2core.data.rephrase import (check_jobs, describe, load_templates, new_job, open_teacher,
-                                      resolve_teacher, rewrite)
-    from k2core.store import open_store
+    from k2core.data.rephrase import check_jobs, load_templates, new_job, rewrite
+    from k2core.infer.fidelity import Verifier
+    from k2core.infer.llm import open_model
+    from k2core.models import raw_text_teacher, resolve_model
 
     rc = cfg.rephrase
-    pcfg = PipelineConfig.model_validate({"store": {"uri": cfg.store}, "rephrase": rc.model_dump()})
-    teacher = resolve_teacher(pcfg)
+    store = cfg.store.open()
+    teacher = resolve_model(rc.teacher, store, default=raw_text_teacher, where="rephrase.teacher")
     if teacher is None:
-        raise ExperimentError(f"no teacher: no model trained on raw text in {cfg.store} (run the pipeline once, "
-                              "or set rephrase.checkpoint / rephrase.engine=openai)")
-    desc = describe(teacher)
+        raise ExperimentError(f"no teacher: no model trained on raw text in {cfg.store.uri} (run the pipeline "
+                              "once, or set rephrase.teacher.checkpoint / rephrase.teacher.engine=openai)")
+    desc = teacher.describe()
     log(f"rephrase-vs-repeat: teacher {desc}; {len(docs)} documents × {cfg.rephrasings} rephrasings")
     jobs = [new_job(d, k, rc) for d in docs for k in range(cfg.rephrasings)]
-    with open_teacher(rc, teacher, open_store(cfg.store)) as llm:
+    with open_model(teacher, rc.teacher, store) as llm:
         with Progress(sum(len(j["src"]) for j in jobs), "rephrase-vs-repeat: teacher chunks", unit="chunk") as bar:
             generated = rewrite(llm, jobs, rc, load_templates(rc), bar)
         per_job = check_jobs(Verifier(rc.fidelity, judge=llm), jobs)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from k2core.infer.engine import check_sampling
 from k2core.progress import Progress
-from k2core.stage import K2Error
+from k2core.errors import K2Error
 
 
 class LLMError(K2Error):
@@ -93,7 +93,7 @@ class _CheckpointLLM(LLM):
     def _load_tokenizer(self, path: Path) -> None:
         from tokenizers import Tokenizer
 
-        from k2core.data.tokenize import EOS
+        from k2core.text.special_tokens import EOS
 
         if not (path / "tokenizer.json").exists():
             raise LLMError(f"{self.backend} engine: {path} has no tokenizer.json (use a checkpoint from the "
@@ -355,3 +355,12 @@ def open_llm(engine: str, *, checkpoint: str | None = None, base_url: str | None
             raise LLMError("engine openai needs base_url and model")
         return OpenAILLM(base_url, model, **kw)
     raise LLMError(f"engine {engine!r}: expected native, vllm or openai")
+
+
+def open_model(resolved, ref, store) -> LLM:
+    """The LLM behind a :class:`~k2core.models.ResolvedModel` (`ref`: its
+    :class:`~k2core.config.ModelRef`, for the server settings)."""
+    if resolved.engine == "openai":
+        return open_llm("openai", base_url=resolved.base_url, model=resolved.model, api_key_env=ref.api_key_env,
+                        timeout=ref.timeout, retries=ref.retries, concurrency=ref.concurrency)
+    return open_llm(resolved.engine, checkpoint=resolved.local_checkpoint(store))

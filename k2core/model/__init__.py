@@ -1,5 +1,12 @@
-"""The K2 model (MLA + sparse MoE), its configuration and Hugging Face-format checkpoints."""
-from k2core.model.config import PRESETS, ModelConfig, param_counts
-from k2core.model.k2 import K2ForCausalLM, K2Output, KVCache
+"""The K2 model (MLA + sparse MoE), its configuration and Hugging Face-format checkpoints.
 
-__all__ = ["PRESETS", "ModelConfig", "param_counts", "K2ForCausalLM", "K2Output", "KVCache"]
+Names are imported on first use, so `k2core.model.config` loads without torch."""
+from __future__ import annotations
+
+from k2core.lazy import lazy_exports
+
+_EXPORTS = {"PRESETS": "config", "ModelConfig": "config", "param_counts": "config",
+            "K2ForCausalLM": "k2", "K2Output": "k2", "KVCache": "k2"}
+__all__ = list(_EXPORTS)
+
+__getattr__ = lazy_exports(__name__, _EXPORTS)

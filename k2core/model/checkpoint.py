@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from k2core.errors import K2Error
 from k2core.model.config import ModelConfig
 from k2core.model.k2 import K2ForCausalLM, rope_inv_freq
 
@@ -24,7 +25,7 @@ _HF_EXPERT = re.compile(r"^(model\.layers\.\d+\.mlp\.experts)\.(\d+)\.(gate_proj
 FP32_KEYS = ("e_score_correction_bias",)   # kept in fp32 whatever the checkpoint dtype (as HF does)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(K2Error, ValueError):
     """A checkpoint that cannot be read: names the file and what is wrong."""
 
 

@@ -12,7 +12,8 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from k2core.config import ConfigError, Section
+from k2core.errors import ConfigError
+from k2core.section import Section
 
 
 class RopeScaling(Section):

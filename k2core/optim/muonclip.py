@@ -34,12 +34,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from k2core.errors import K2Error
 from k2core.optim.kernels import BatchTables, apply_update, fused_ok, momentum_to_bf16, sym_gram, sym_gram_ok
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 
 
-class MuonClipError(ValueError):
+class MuonClipError(K2Error, ValueError):
     """A parameter set or state MuonClip cannot work with; the message says what and why."""
 
 
@@ -239,13 +240,10 @@ class MuonClip(torch.optim.Optimizer):
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def for_model(cls, model: nn.Module, cfg: Any = None, **kw: Any) -> "MuonClip":
-        """MuonClip over `model` per the routing table; `cfg` is a :class:`k2core.config.OptimConfig`."""
+    def for_model(cls, model: nn.Module, **kw: Any) -> "MuonClip":
+        """MuonClip over `model` per the routing table; `kw` are the constructor's settings
+        (from a config: :meth:`k2core.optim.config.OptimConfig.build`)."""
         routes = route_parameters(model)
-        if cfg is not None:
-            kw = dict(lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                      ns_steps=cfg.ns_steps, adamw_betas=tuple(cfg.adamw_betas), adamw_eps=cfg.adamw_eps,
-                      qk_clip_tau=cfg.qk_clip_tau if cfg.qk_clip else None, ns_dtype=cfg.ns_dtype) | kw
         groups = []
         for kind in ("muon", "adamw"):
             rs = [r for r in routes if r.kind == kind]

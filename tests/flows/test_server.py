@@ -276,7 +276,7 @@ def test_a_bad_schedule_is_a_usage_error_before_any_server_call(monkeypatch, cap
 
 def test_every_registered_stage_has_a_deployable_flow():
     import flows.stages
-    from k2core.stage import stages
+    from k2core.pipeline import stages
 
     for spec in stages():
         assert getattr(flows.stages, spec.name).name == spec.name

@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 
 import pyarrow.parquet as pq
 import pytest
 
 from k2core.config import load_config
-from k2core.stage import GateFailed, execute, plan
+from k2core.pipeline import plan
+from k2core.stage import GateFailed, execute
 from k2core.store import open_store
 from tests.conftest import write_jsonl
 
@@ -73,6 +75,16 @@ def test_filters_dedup_and_rejects(tmp_path):
     kept = near["detail"].split("duplicates kept id ")[1]
     assert kept in {d["id"] for d in docs} and near["raw"].startswith("The ")      # the text is kept too
     assert m["drop_fraction"] == pytest.approx(6 / 19)
+
+
+def test_the_dask_cluster_leaves_this_process_environment_alone(tmp_path, monkeypatch):
+    """Dask's nanny sets OMP_NUM_THREADS=1 for its workers in the parent's environment; torch
+    imported afterwards (pretrain, in the same run) would train on one thread."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    before = dict(os.environ)
+    run(tmp_path, corpus(tmp_path))
+    assert dict(os.environ) == before
 
 
 def test_dedup_does_not_depend_on_sharding(tmp_path):

@@ -10,7 +10,7 @@ import pytest
 
 from k2core.config import load_config
 from k2core.data import ingest
-from k2core.data.sources import SourceError, _docstrings, list_source
+from k2core.sources import SourceError, _docstrings, list_source
 from k2core.stage import StageContext
 from tests.conftest import write_jsonl
 

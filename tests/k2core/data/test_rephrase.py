@@ -1,4 +1,4 @@
-"""The rephrase stage: chunking, the skipped path without a teacher, a real native teacher (a
+"""The rephrase stage: the skipped path without a teacher, a real native teacher (a
 random k2 checkpoint: its rewrites fail fidelity, counted by reason), and the accepted path into
 tokenize through the openai engine against a loopback test server that returns each passage."""
 from __future__ import annotations
@@ -11,22 +11,12 @@ import threading
 import pandas as pd
 import pytest
 
-from k2core.data.rephrase import split_chunks
 from k2core.stage import GateFailed
 from tests.conftest import JSONHandler, free_port, write_jsonl
 from tests.k2core.train.stages import corpus_rows, run
 
 ON = ["rephrase.enabled=true", "rephrase.max_tokens=24", "rephrase.chunk_chars=300", "rephrase.max_docs=6",
       "rephrase.min_accept_rate=0"]
-
-
-def test_chunks_cut_at_paragraphs_then_sentences_and_keep_every_word():
-    text = "\n\n".join(" ".join(f"Sentence {p}.{s} is here." for s in range(12)) for p in range(4))
-    chunks = split_chunks(text, 200)
-    assert all(len(c) <= 200 for c in chunks) and len(chunks) > 4
-    assert " ".join(chunks).split() == text.split()
-    assert all(c.rstrip().endswith(".") for c in chunks)                       # sentence boundaries
-    assert split_chunks("x" * 450, 200) == ["x" * 200, "x" * 200, "x" * 50]    # no boundary: hard cuts
 
 
 @pytest.fixture
@@ -75,7 +65,7 @@ def test_a_native_teacher_rewrites_and_fidelity_rejects_with_reasons(corpus, tmp
     tok = train_tokenizer([TEXT], vocab_size=300, min_frequency=1)
     save_checkpoint(K2ForCausalLM(ModelConfig.preset("tiny", vocab_size=tok.get_vocab_size())).init_weights(0), ckpt)
     save_tokenizer(tok, ckpt, 128)
-    sets = [f"ingest.source={src}", *ON, f"rephrase.checkpoint={ckpt}"]
+    sets = [f"ingest.source={src}", *ON, f"rephrase.teacher.checkpoint={ckpt}"]
     outs, store = run(str(tmp / "store"), ["ingest", "curate", "rephrase"], sets)
     art = store.artifact("rephrase", outs[-1].version)
     m = art.metrics
@@ -123,8 +113,8 @@ def test_accepted_rephrasings_of_training_documents_feed_tokenize(tmp_path):
     try:
         url = f"http://127.0.0.1:{srv.server_address[1]}/v1"
         outs, store = run(str(tmp / "store"), ["ingest", "curate", "rephrase", "tokenize"], [
-            f"ingest.source={src}", *ON, "rephrase.engine=openai", f"rephrase.base_url={url}",
-            "rephrase.model=echo", "rephrase.max_docs=60", "tokenize.rephrase_epochs=2"])
+            f"ingest.source={src}", *ON, "rephrase.teacher.engine=openai", f"rephrase.teacher.base_url={url}",
+            "rephrase.teacher.model=echo", "rephrase.max_docs=60", "tokenize.rephrase_epochs=2"])
     finally:
         srv.shutdown()
     reph = next(o for o in outs if o.stage == "rephrase")

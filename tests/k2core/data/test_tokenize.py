@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from k2core.data.tokenize import EOS, SPECIAL_TOKENS, load_index
+from k2core.artifacts import load_index
+from k2core.text.special_tokens import EOS, SPECIAL_TOKENS
 from k2core.quality import run_gate
 from k2core.config import ConfigError
 from schemas.suites import tokenize_suite

@@ -56,9 +56,9 @@ def small_config(tmp_path) -> RephraseRepeatExperimentConfig:
     save_checkpoint(K2ForCausalLM(ModelConfig.preset("tiny", vocab_size=tok.get_vocab_size())).init_weights(0), ckpt)
     save_tokenizer(tok, ckpt, seq_len=128)
     return RephraseRepeatExperimentConfig.model_validate({
-        "source": str(src), "store": str(tmp_path / "store"), "docs": 4, "min_chars": 100, "epochs": 2,
+        "source": str(src), "store": {"uri": str(tmp_path / "store")}, "docs": 4, "min_chars": 100, "epochs": 2,
         "rephrasings": 2, "probe_items": 12, "batch": 2, "seq": 64,
-        "rephrase": {"checkpoint": str(ckpt), "max_tokens": 24, "chunk_chars": 200}})
+        "rephrase": {"teacher": {"checkpoint": str(ckpt)}, "max_tokens": 24, "chunk_chars": 200}})
 
 
 def test_equal_budget_streams_and_a_full_run_from_the_cli_with_a_real_teacher(tmp_path, capsys):
@@ -67,11 +67,11 @@ def test_equal_budget_streams_and_a_full_run_from_the_cli_with_a_real_teacher(tm
     assert main(["experiment", "rephrase-vs-repeat", "--no-flow", "--set", "choices=1"]) == 2
     assert "choices = 1" in capsys.readouterr().err
     cfg = small_config(tmp_path)
-    ckpt = cfg.rephrase.checkpoint
+    ckpt = cfg.rephrase.teacher.checkpoint
     args = ["experiment", "rephrase-vs-repeat", "--no-flow", "--json", "--out", str(tmp_path / "out")]
-    for key, value in [("source", cfg.source), ("store", cfg.store), ("docs", 4), ("min_chars", 100), ("epochs", 2),
+    for key, value in [("source", cfg.source), ("store.uri", cfg.store.uri), ("docs", 4), ("min_chars", 100), ("epochs", 2),
                        ("rephrasings", 2), ("probe_items", 12), ("batch", 2), ("seq", 64),
-                       ("rephrase.max_tokens", 24), ("rephrase.chunk_chars", 200), ("rephrase.checkpoint", ckpt)]:
+                       ("rephrase.max_tokens", 24), ("rephrase.chunk_chars", 200), ("rephrase.teacher.checkpoint", ckpt)]:
         args += ["--set", f"{key}={value}"]
     assert main(args) == 0
     out = capsys.readouterr().out
@@ -99,7 +99,7 @@ def test_equal_budget_streams_and_a_full_run_from_the_cli_with_a_real_teacher(tm
     report = (tmp_path / "out" / "report.md").read_text()
     assert f"native:{ckpt}" in report and f"{s['arms']['raw']['accuracy']:.3f}" in report
     assert (tmp_path / "out" / "accuracy.png").stat().st_size > 10_000
-    assert main([*args, "--set", "rephrase.checkpoint=" + str(tmp_path / "nowhere")]) != 0
+    assert main([*args, "--set", "rephrase.teacher.checkpoint=" + str(tmp_path / "nowhere")]) != 0
     assert "no config.json" in capsys.readouterr().err
 
 
@@ -116,11 +116,11 @@ def test_streams_follow_the_arm_definitions():
 def test_no_teacher_and_bad_sources_are_named(tmp_path):
     src = tmp_path / "docs.jsonl"
     src.write_text("".join(json.dumps({"text": t}) + "\n" for t in FACTS))
-    cfg = RephraseRepeatExperimentConfig(source=str(src), store=str(tmp_path / "empty-store"), min_chars=100)
+    cfg = RephraseRepeatExperimentConfig(source=str(src), store={"uri": str(tmp_path / "empty-store")}, min_chars=100)
     with pytest.raises(ExperimentError, match="no teacher"):
         run(cfg, tmp_path / "out", log=lambda m: None)
     with pytest.raises(ExperimentError, match="no curate artifact"):
-        run(RephraseRepeatExperimentConfig(store=str(tmp_path / "empty-store")), tmp_path / "o2", log=lambda m: None)
+        run(RephraseRepeatExperimentConfig(store={"uri": str(tmp_path / "empty-store")}), tmp_path / "o2", log=lambda m: None)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "x"}\nnot json\n')
     with pytest.raises(ExperimentError, match="bad.jsonl:2: not JSON"):

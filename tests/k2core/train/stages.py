@@ -11,7 +11,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
 from k2core.config import load_config  # noqa: E402
-from k2core.stage import execute, plan  # noqa: E402
+from k2core.pipeline import plan  # noqa: E402
+from k2core.stage import execute  # noqa: E402
 from k2core.store import open_store  # noqa: E402
 
 WORDS = ("river mill bridge library school church museum lake forest market square council newspaper farmer "

@@ -22,7 +22,7 @@ from typing import Any
 
 REASONS = ("empty", "low_similarity", "numbers_lost", "entities_lost", "too_short", "too_long",
            "judge_rejected", "judge_unclear")
-JUDGE_PROMPT = Path(__file__).parent / "prompts" / "judge" / "fidelity.txt"
+JUDGE_PROMPT = Path(__file__).parent / "prompts" / "fidelity_judge.txt"
 
 _NUM = re.compile(r"(?<![\w.])[-+]?\d[\d,]*(?:\.\d+)?%?(?![\w])")
 _SENT_START = re.compile(r"(?:^|[.!?:]\s+|\n\s*)$")

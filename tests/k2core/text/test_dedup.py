@@ -5,7 +5,7 @@ import random
 
 import numpy as np
 
-from k2core.data.dedup import MinHasher, clusters, exact_key
+from k2core.text.dedup import MinHasher, clusters, exact_key
 
 
 def shingle_jaccard(a: str, b: str, n: int = 5) -> float:
@@ -51,7 +51,7 @@ def test_signatures_are_stable_across_processes():
     import subprocess
     import sys
 
-    code = ("from k2core.data.dedup import MinHasher; "
+    code = ("from k2core.text.dedup import MinHasher; "
             "print(MinHasher().band_keys('the quick brown fox jumps over the lazy dog again').tolist())")
     a = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONHASHSEED": "1"})
     b = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONHASHSEED": "2"})

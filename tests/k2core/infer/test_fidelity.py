@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from k2core.config import FidelityConfig
-from k2core.data.fidelity import Verifier, entities, numbers
+from k2core.infer.fidelity import Verifier, entities, numbers
 from tests.k2core.infer.test_llm import checkpoint  # noqa: F401 — a tiny checkpoint with a tokenizer (fixture)
 
 SRC = ("In 1969, Neil Armstrong and Buzz Aldrin landed on the Moon with Apollo 11. About 3.5% of the "
@@ -51,7 +51,7 @@ def test_each_lost_fact_is_named(verifier):
 
 
 def test_judge_replies_are_read_by_their_first_word():
-    from k2core.data.fidelity import judge_answer
+    from k2core.infer.fidelity import judge_answer
 
     assert [judge_answer(t) for t in [" Yes, it does.", "no", "\n\nNO - the year changed", "maybe", "", "yesterday"]] \
         == ["yes", "no", "no", "unclear", "unclear", "unclear"]

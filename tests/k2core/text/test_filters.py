@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from k2core.data.filters import (BinaryFilter, C4Filter, CodeFilter, Doc, EnglishFilter, FineWebFilter,
+from k2core.text.filters import (BinaryFilter, C4Filter, CodeFilter, Doc, EnglishFilter, FineWebFilter,
                                  GopherQualityFilter, GopherRepetitionFilter, LengthFilter, tag_domain)
-from k2core.data.text import count_sentences, words
+from k2core.text.words import count_sentences, words
 
 PROSE = ("The history of the printing press is one of the most important stories of the modern world. "
          "It changed how people learned to read and write, and it made books cheaper than they had been "
@@ -68,7 +68,7 @@ def test_decisions_equal_datatrove_on_real_text():
     from datatrove.pipeline.filters import GopherQualityFilter as DQ
     from datatrove.pipeline.filters import GopherRepetitionFilter as DR
 
-    from k2core.data.sources import stdlib_root
+    from k2core.sources import stdlib_root
 
     texts = []
     for p in sorted(stdlib_root().glob("[a-h]*.py"))[:40]:
@@ -118,7 +118,7 @@ def test_n_gram_statistics_equal_the_reference_counts():
     ones (few), at limits around the exact count."""
     import random
 
-    from k2core.data.filters import _Grams
+    from k2core.text.filters import _Grams
 
     rng = random.Random(0)
     f = GopherRepetitionFilter(dup_line_frac=1, dup_para_frac=1, dup_line_char_frac=1, dup_para_char_frac=1)
@@ -144,7 +144,7 @@ def test_n_gram_statistics_equal_the_reference_counts():
 def test_n_gram_keys_do_not_depend_on_the_order_they_are_built_in():
     import numpy as np
 
-    from k2core.data.filters import _MULT, _Grams
+    from k2core.text.filters import _MULT, _Grams
 
     ws = [f"w{i % 37}" for i in range(0, 3000, 7)]
     grams = _Grams(ws)

@@ -19,7 +19,7 @@ from pydantic.dataclasses import dataclass as _pydantic_dataclass
 
 import numpy as np
 
-from k2core.data.text import STOP_WORDS, count_sentences, has_alpha, is_symbol, words
+from k2core.text.words import STOP_WORDS, count_sentences, has_alpha, is_symbol, words
 
 
 # filters are typed, validated configuration too: unknown or ill-typed thresholds fail at load

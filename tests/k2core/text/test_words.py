@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import itertools
 
-from k2core.data import text
-from k2core.data.text import _split_chunk, _tokens, words
+from k2core.text import words as text
+from k2core.text.words import _split_chunk, _tokens, words
 
 OPENINGS = ["", "(", "[", "{", '"', "'", '("', "(['"]
 CORES = ["foo", "x1", "a_b", "Foo_Bar9", "cannot", "Cannot", "e", "s", "S", "12", "A1_b2_C3", "nt", "ll",
