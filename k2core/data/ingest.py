@@ -32,9 +32,20 @@ _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
+# the ASCII control characters _CONTROL removes, as bytes: ASCII text (most of it) is checked with
+# one bytes.translate instead of a regex scan, and has no surrogates and nothing to NFC-normalise
+_CONTROL_ASCII = bytes(c for c in range(128) if _CONTROL.match(chr(c)))
+
+
 def normalize(text: str, flags: Counter) -> str:
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if text.isascii():
+        raw = text.encode("ascii")
+        if len(raw.translate(None, _CONTROL_ASCII)) != len(raw):
+            flags["control_chars_removed"] += 1
+            text = _CONTROL.sub("", text)
+        return text
     if _CONTROL.search(text):
         flags["control_chars_removed"] += 1
         text = _CONTROL.sub("", text)

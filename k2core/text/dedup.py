@@ -22,6 +22,22 @@ _MERSENNE = np.uint64((1 << 61) - 1)
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 
 
+class _CrcCache(dict):
+    """word -> zlib.crc32 of its UTF-8 bytes, computed once per distinct word (words repeat: a hit
+    stays in C); emptied at `max_size` entries."""
+
+    max_size = 1 << 20
+
+    def __missing__(self, word: str) -> int:
+        if len(self) >= self.max_size:
+            self.clear()
+        h = self[word] = zlib.crc32(word.encode())
+        return h
+
+
+_CRC = _CrcCache()
+
+
 @dataclass(frozen=True)
 class MinHasher:
     ngram: int = 5
@@ -43,7 +59,7 @@ class MinHasher:
         ws = self.words(text)
         if not ws:
             return np.zeros(1, np.uint64)
-        h = np.fromiter((zlib.crc32(w.encode()) for w in ws), np.uint64, len(ws))
+        h = np.fromiter(map(_CRC.__getitem__, ws), np.uint64, len(ws))
         n = min(self.ngram, len(ws))
         m = len(ws) - n + 1
         keys = h[:m].copy()

@@ -56,3 +56,26 @@ def test_signatures_are_stable_across_processes():
     a = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONHASHSEED": "1"})
     b = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONHASHSEED": "2"})
     assert a.stdout == b.stdout and a.stdout.strip()
+
+
+def test_shingles_equal_the_crc32_of_each_word_n_gram():
+    """The cached word hashes give the shingles of the plain definition: CRC-32 of each word's
+    UTF-8 bytes, rolled over word 5-grams, deduplicated."""
+    import zlib
+
+    import numpy as np
+
+    from k2core.text.dedup import _MIX, MinHasher
+
+    mh = MinHasher()
+    text = "Ünïcode words and the same words again, and again: the words of a test text. " * 40
+    ws = mh.words(text)
+    h = np.array([zlib.crc32(w.encode("utf-8")) for w in ws], np.uint64)
+    m = len(ws) - mh.ngram + 1
+    keys = h[:m].copy()
+    with np.errstate(over="ignore"):
+        for k in range(1, mh.ngram):
+            keys = keys * _MIX + h[k:k + m]
+    assert np.array_equal(mh.shingles(text), np.unique(keys))
+    assert np.array_equal(mh.shingles(text), mh.shingles(text))      # the second call hits the cache
+

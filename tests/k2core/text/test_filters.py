@@ -22,6 +22,54 @@ def test_tokenizer_splits_like_spacy_on_the_cases_gopher_counts():
     assert count_sentences(words('"Hello," she said. "Bye!" 3 p.m. today')) == 3
 
 
+def test_english_filter_ascii_shortcut_decides_as_the_per_character_rule():
+    """ASCII text skips the per-character Latin count; the decision is the general rule's."""
+    def general(text: str, f=EnglishFilter()) -> str | None:
+        letters = [c for c in text[:f.sample_chars] if c.isalpha()]
+        if not letters:
+            return "no_letters"
+        if sum(c < "\u0250" for c in letters) / len(letters) < f.min_latin_fraction:
+            return "non_latin_script"
+        return f(Doc(text + "\u00e9"))      # one non-ASCII letter: the general path decides the rest
+    texts = [PROSE, "1234 5678 9 -- 42 ** 7 " * 20, "def f(x):\n    return x + 1\n" * 30, "x" * 120,
+             "Der Buchdruck veraenderte die Welt, weil Buecher billiger wurden. " * 5]
+    for text in texts:
+        assert text.isascii()
+        assert EnglishFilter()(Doc(text)) == general(text), text[:40]
+    assert EnglishFilter()(Doc("1234 5678 9 -- 42 ** 7 " * 20)) == "no_letters"
+
+
+def test_alnum_count_equals_the_per_character_count():
+    import random
+
+    from k2core.text.filters import _alnum_count
+
+    rng = random.Random(0)
+    texts = ["", "abc 123 _-!", "\x00\x7f zZ09\t\n", "".join(map(chr, range(128))), "héllo wörld ١٢٣ 漢字",
+             "".join(chr(rng.randrange(0, 0x3000)) for _ in range(5000)),
+             "".join(chr(rng.randrange(0, 128)) for _ in range(5000))]
+    for text in texts:
+        assert _alnum_count(text) == sum(c.isalnum() for c in text), text[:20]
+
+
+def test_math_marker_count_equals_the_pattern_without_its_lookahead():
+    """The lookahead in front of the math-marker pattern only skips positions faster: the same
+    matches on math, prose, code and shell text, in any case."""
+    import re
+
+    from k2core.text.filters import _MATH
+
+    plain = re.compile(r"\\(frac|sum|int|alpha|beta|sqrt|begin\{equation|mathbb|cdot|leq|geq)|\$[^$\n]+\$|"
+                       r"\b(theorem|lemma|proof|equation|integral|derivative|polynomial)\b|[=+\-*/^]\s*\d", re.I)
+    texts = [PROSE, "THEOREM 2. Let $x^2 = 4$; by the Lemma, \\frac{a}{b} \\LEQ 3 and y -1 = 2*3 ^ 4.",
+             "Proof. The integral of the polynomial p(x) = 3x + 1 is a Derivative-free equation.",
+             "x=1; y+= 2 ** 3; echo $HOME $PATH $ 5$; a/b/ 9 - theorems lemmas prooF",
+             "def f(x):\n    return x ** 2 - 1  # $cost$ = 7\n" * 20, "Ünïcödé $α=β$ ∫ equation ² = 2"]
+    for text in texts:
+        assert _MATH.findall(text) == plain.findall(text), text[:30]
+    assert len(_MATH.findall(texts[1])) >= 5
+
+
 def test_each_filter_names_its_reason():
     assert LengthFilter(min_chars=10)(Doc("short")) == "too_short"
     assert LengthFilter(max_chars=100)(Doc("x" * 101)) == "too_long"
