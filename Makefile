@@ -44,9 +44,10 @@ sysdeps:
 	elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSPKGS); \
 	else echo "WARNING: cannot install $(SYSPKGS); the sandbox falls back to a weaker isolation layer and the UI test fails"; fi
 
-# The whole pipeline on the embedded default: tiny CPU profile, local store, Prefect's ephemeral API.
+# The whole pipeline on the embedded default: tiny CPU profile, local store, Prefect's ephemeral API
+# (K2_LOCAL_API=ephemeral: no server left running; a plain `k2 run` keeps k2's local server and UI).
 demo: $(STAMP)
-	$(BIN)/k2 run --profile tiny
+	K2_LOCAL_API=ephemeral $(BIN)/k2 run --profile tiny
 	@echo
 	@echo "Results are in ./k2-store (artifacts/, runs/). The trained model, its loss / max-logit / expert-load"
 	@echo "plots and telemetry:  ls ./k2-store/artifacts/pretrain/*/  (model/, training.png, telemetry.parquet)"

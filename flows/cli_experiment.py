@@ -17,10 +17,12 @@ def _run(args, cls, name: str, module: str, flow_name: str) -> tuple[dict, Path]
     out = Path(args.out or f"k2-experiments/{name}/{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}")
     if args.no_flow:
         return importlib.import_module(f"k2core.experiments.{module}").run(cfg, out), out
-    from flows import experiments
-    from flows.common import prefect_env
+    from flows.common import prefect_env, wait_for
 
-    prefect_env()
+    _, local = prefect_env()
+    from flows import experiments
+
+    wait_for(local)
     return getattr(experiments, flow_name)(config=cfg, out_dir=str(out)), out
 
 

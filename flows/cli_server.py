@@ -20,7 +20,7 @@ def k2_home() -> Path:
     return Path(os.environ.get("K2_HOME", "~/.k2")).expanduser()
 
 
-def _prefect_cmd() -> list[str]:
+def prefect_cmd() -> list[str]:
     exe = Path(sys.executable).with_name("prefect")
     if exe.exists():
         return [str(exe)]
@@ -46,13 +46,28 @@ def server_env(host: str, port: int, database_url: str | None) -> dict[str, str]
 
 
 def cmd_server(args) -> int:
+    from flows import local_api
+
+    if args.stop:
+        api = local_api.stop()
+        print(f"k2: stopped the Prefect server at {api.ui} (pid {api.pid})" if api else
+              "k2: no local Prefect server is running")
+        return 0
+    running = local_api.find()
+    if running is not None:
+        print(f"k2: a Prefect server with its UI is already running at {running.ui} (pid {running.pid}"
+              f"{f'; log {running.log}' if running.log else ''}); `k2 server --stop` stops it", flush=True)
+        return 0
     url = f"http://{args.host}:{args.port}"
     env = server_env(args.host, args.port, args.database_url)
     db = "PostgreSQL" if args.database_url and args.database_url.startswith("postgres") else \
         ("the given database" if args.database_url else env["PREFECT_API_DATABASE_CONNECTION_URL"].split(":///")[-1])
     print(f"k2: Prefect server with its UI at {url}  (database: {db})\n"
           f"    in another shell:  export PREFECT_API_URL={url}/api;  k2 deploy;  k2 worker", flush=True)
-    cmd = [*_prefect_cmd(), "server", "start", "--host", args.host, "--port", str(args.port)]
+    cmd = [*prefect_cmd(), "server", "start", "--host", args.host, "--port", str(args.port)]
+    if not args.database_url:     # k2 run records its runs here while this server is up
+        local_api.write_state(f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}/api",
+                              os.getpid(), None)
     os.execvpe(cmd[0], cmd, env)
     return 0  # not reached
 
@@ -62,8 +77,13 @@ def _api(args) -> str:
         os.environ["PREFECT_API_URL"] = args.api_url
     api = os.environ.get("PREFECT_API_URL")
     if not api:
-        raise K2Error("no Prefect server: start one with `k2 server`, then export "
-                      "PREFECT_API_URL=http://127.0.0.1:4200/api (or pass --api-url)")
+        from flows import local_api
+
+        running = local_api.find()       # the local server k2 run keeps, or a foreground `k2 server`
+        if running is None:
+            raise K2Error("no Prefect server: start one with `k2 server` (or any `k2 run` starts the local "
+                          "one), or export PREFECT_API_URL / pass --api-url")
+        api = os.environ["PREFECT_API_URL"] = running.url
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     import httpx
 
@@ -117,7 +137,7 @@ def cmd_deploy(args) -> int:
 def cmd_worker(args) -> int:
     _api(args)
     env = dict(os.environ, GX_ANALYTICS_ENABLED="False", PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    cmd = [*_prefect_cmd(), "worker", "start", "--pool", args.pool, "--type", "process"]
+    cmd = [*prefect_cmd(), "worker", "start", "--pool", args.pool, "--type", "process"]
     if args.limit:
         cmd += ["--limit", str(args.limit)]
     print(f"k2: worker for pool {args.pool!r} → {os.environ['PREFECT_API_URL']}", flush=True)
@@ -133,6 +153,8 @@ def register(sub) -> None:
     sp.add_argument("--port", type=int, default=4200)
     sp.add_argument("--database-url", help="e.g. postgresql+asyncpg://user:pass@host/prefect "
                                            "(default: SQLite under $K2_HOME, ~/.k2)")
+    sp.add_argument("--stop", action="store_true", help="stop the local server (the one `k2 run` starts "
+                                                        "and reuses when no PREFECT_API_URL is set)")
     sp.set_defaults(func=cmd_server)
 
     sp = sub.add_parser("deploy", help="register the nightly pipeline and per-stage deployments on a server")

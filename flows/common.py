@@ -5,22 +5,63 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
+from pathlib import Path
 from typing import Any
 
 EXIT_FAILED, EXIT_USAGE = 1, 2
 
 
-def prefect_env() -> str:
-    """Defaults that make Prefect behave on a small offline machine; returns the orchestrator label."""
+def configured_api() -> str | None:
+    """The Prefect API the user configured: ``PREFECT_API_URL`` in the environment or in the active
+    Prefect profile (read without importing Prefect, which takes a second)."""
+    api = os.environ.get("PREFECT_API_URL")
+    if api:
+        return api
+    if "prefect" in sys.modules:        # in process (a test harness, say): Prefect's own settings know
+        from prefect.settings import PREFECT_API_URL
+
+        return PREFECT_API_URL.value()
+    import tomllib
+
+    path = Path(os.environ.get("PREFECT_PROFILES_PATH") or
+                Path(os.environ.get("PREFECT_HOME", "~/.prefect")).expanduser() / "profiles.toml")
+    try:
+        profiles = tomllib.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    active = os.environ.get("PREFECT_PROFILE") or profiles.get("active") or "ephemeral"
+    return (profiles.get("profiles", {}).get(active) or {}).get("PREFECT_API_URL") or None
+
+
+def prefect_env():
+    """Where this command's flow runs are recorded, decided before Prefect is imported: a configured
+    server (`configured_api`); Prefect's per-command ephemeral API when ``K2_LOCAL_API=ephemeral``;
+    else the local server k2 keeps (flows/local_api.py: found, or started now — `.wait()` on it
+    before the first flow). Returns (orchestrator label, the local server or None)."""
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
-    api = os.environ.get("PREFECT_API_URL")
-    if not api:
-        from prefect.settings import PREFECT_API_URL
+    api = configured_api()
+    if api:
+        return f"prefect (server {api})", None
+    if os.environ.get("K2_LOCAL_API", "").strip().lower() == "ephemeral":
+        return "prefect (ephemeral API)", None
+    from flows import local_api
 
-        api = PREFECT_API_URL.value()
-    return f"prefect (server {api})" if api else "prefect (ephemeral API)"
+    local = local_api.begin()
+    os.environ["PREFECT_API_URL"] = local.url     # before Prefect reads its settings
+    return f"prefect (local server {local.ui})", local
+
+
+def wait_for(local, log=print) -> None:
+    """Block until the local server `prefect_env` picked answers (saying so when this command started it)."""
+    if local is None:
+        return
+    if local.started:
+        log(f"k2: starting the local Prefect server with its UI at {local.ui} — it stays up for later runs "
+            "(`k2 server --stop` stops it; K2_LOCAL_API=ephemeral runs without it)")
+    local.wait()
 
 
 def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = None):

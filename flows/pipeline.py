@@ -5,12 +5,13 @@ from typing import Any
 
 from prefect import flow
 from prefect.runtime import flow_run
+from prefect.settings import temporary_settings
 from prefect.states import Failed, State
 
 from flows.stage import stage_flow
 from k2core.config import PipelineConfig
 from k2core.errors import K2Error
-from k2core.pipeline import get_stage, plan, select_stages
+from k2core.pipeline import get_stage, plan, prepare, select_stages
 from k2core.runs import RunRecorder, new_run_id
 from k2core.stage import PlannedStage
 
@@ -33,9 +34,13 @@ def k2_pipeline(config: PipelineConfig = PipelineConfig(), stages: str | None = 
     fr_id = str(flow_run.id) if flow_run.id else None
     RunRecorder.start(store, run_id, config.model_dump(mode="json"), steps, orchestrator,
                       rerun_of=rerun_of, flow_run_id=fr_id)
+    prepare(config, steps, force)
     for p in steps:
-        state = stage_flow(p.name)(config=config, force=force, run_id=run_id, planned=p.to_record(),
-                                   return_state=True)
+        # A stage flow runs in this flow's process, whose liveness this flow's heartbeat already
+        # reports; its own heartbeat thread would only cost its join (up to 1 s) at every stage's end.
+        with temporary_settings(updates={"flows.heartbeat_frequency": None}):
+            state = stage_flow(p.name)(config=config, force=force, run_id=run_id, planned=p.to_record(),
+                                       return_state=True)
         if not state.is_completed():  # the stage recorded why; downstream stages are skipped
             return Failed(message=state.message or f"stage {p.name} failed")
     RunRecorder.load(store, run_id).finish(flow_run_id=fr_id)

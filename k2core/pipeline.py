@@ -59,7 +59,7 @@ INGEST = register(StageSpec(
 
 CURATE = register(StageSpec(
     name="curate", section="curate", inputs=("ingest",),
-    run="k2core.data.curate:run", suite=curate_suite, code_version="1",
+    run="k2core.data.curate:run", suite=curate_suite, code_version="1", prepare="k2core.data.curate:prepare",
     modules=("k2core.data.curate", "k2core.text.filters", "k2core.text.words", "k2core.text.dedup",
              "schemas.documents"),
     description="quality filters (Gopher, C4, FineWeb, code), exact + MinHash dedup, domain tags",
@@ -142,6 +142,14 @@ def plan(cfg: PipelineConfig, store: Store, selected: list[str],
             p.reason = "" if p.cached else why_recompute(p, store)
             out.append(p)
     return out
+
+
+def prepare(cfg: PipelineConfig, planned: list[PlannedStage], force: bool = False) -> None:
+    """Let every stage that will compute start its slow resources now (curate: its Dask cluster
+    boots on the other cores while ingest runs)."""
+    for p in planned:
+        if p.spec.prepare is not None and (force or not p.cached):
+            resolve_ref(p.spec.prepare)(cfg)
 
 
 def why_recompute(p: PlannedStage, store: Store) -> str:

@@ -1,15 +1,25 @@
 """Quality gates: a stage's Great Expectations suite plus metric checks, run before commit.
 
-GE 1.x is imported lazily (it takes seconds) and kept off the network.
+GX 1.x is imported lazily (~3 s on 2 cores) and kept off the network. A command that will gate
+stages (`k2 run`) calls :func:`prewarm` first: a child process imports GX on another core while
+this one imports Prefect and starts the stage, then validates every gate of the run — the same
+`_run_expectations` on the same frame, sent over a pipe as Arrow IPC. Without it (or if the child
+fails) the gate runs in process.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
+import struct
+import subprocess
+import sys
+import threading
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @dataclass
@@ -57,6 +67,94 @@ def _observed(result: dict[str, Any]) -> str:
     return "n/a"
 
 
+# ---------------------------------------------------------------------------- the gate process
+class GateWorker:
+    """Great Expectations in a child process (``python -m k2core.quality``): requests are a JSON
+    header and the frame as Arrow IPC, length-prefixed on stdin; answers JSON on stdout."""
+
+    def __init__(self) -> None:
+        env = dict(os.environ, GX_ANALYTICS_ENABLED=os.environ.get("GX_ANALYTICS_ENABLED", "False"))
+        self.proc = subprocess.Popen([sys.executable, "-m", "k2core.quality"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, env=env)
+        self.lock = threading.Lock()
+        self.used = False
+
+    def validate(self, name: str, specs: list[dict[str, Any]], frame: "pd.DataFrame") -> list[GateResult]:
+        import pyarrow as pa
+
+        sink = pa.BufferOutputStream()
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        with pa.ipc.new_stream(sink, table.schema) as w:
+            w.write_table(table)
+        with self.lock:
+            self.used = True
+            _send(self.proc.stdin, json.dumps({"name": name, "specs": specs}).encode())
+            _send(self.proc.stdin, sink.getvalue().to_pybytes())
+            answer = json.loads(_recv(self.proc.stdout))
+        if "error" in answer:
+            raise RuntimeError(answer["error"])
+        return [GateResult(**r) for r in answer["results"]]
+
+    def close(self) -> None:
+        if self.proc.poll() is None and not self.used:      # nothing was gated (a cached run, a bad
+            self.proc.kill()                                 # config): no need to wait for its import
+            self.proc.wait()
+        elif self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:       # still importing: nothing left to validate
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _send(stream, data: bytes) -> None:
+    stream.write(struct.pack("<Q", len(data)) + data)
+    stream.flush()
+
+
+def _recv(stream) -> bytes:
+    head = stream.read(8)
+    if len(head) < 8:
+        raise EOFError("the gate process closed its pipe")
+    (n,) = struct.unpack("<Q", head)
+    return stream.read(n)
+
+
+def _serve() -> None:
+    """The child's loop: import GX once, then validate until stdin closes."""
+    import pyarrow as pa
+
+    import great_expectations  # noqa: F401  (the reason this process exists)
+
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr                 # nothing but answers on the pipe
+    while True:
+        try:
+            head = json.loads(_recv(stdin))
+        except EOFError:
+            os._exit(0)      # nothing left to flush: skip tearing GX down (the parent waits for this)
+        frame = pa.ipc.open_stream(_recv(stdin)).read_all().to_pandas()
+        try:
+            answer = {"results": [asdict(r) for r in _run_expectations(head["name"], head["specs"], frame)]}
+        except Exception as e:              # noqa: BLE001 — reported to the parent, which raises it
+            answer = {"error": f"{type(e).__name__}: {e}"}
+        _send(stdout, json.dumps(answer).encode())
+
+
+_worker: GateWorker | None = None
+
+
+def prewarm() -> None:
+    """Start this process's gate worker (once); later gates use it."""
+    global _worker
+    if _worker is None:
+        import atexit
+
+        _worker = GateWorker()
+        atexit.register(_worker.close)
+
+
 def _run_expectations(name: str, specs: list[dict[str, Any]], frame: pd.DataFrame) -> list[GateResult]:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
     import great_expectations as gx
@@ -102,7 +200,19 @@ def _metric_check(spec: dict[str, Any], metrics: dict[str, Any]) -> GateResult:
 
 def run_gate(suite: dict[str, Any], frame: pd.DataFrame, metrics: dict[str, Any]) -> GateReport:
     """Validate `frame` against the suite's expectations and `metrics` against its metric checks."""
-    results = _run_expectations(suite["name"], suite.get("expectations", []), frame) \
-        if suite.get("expectations") else []
+    global _worker
+    results: list[GateResult] | None = [] if not suite.get("expectations") else None
+    if results is None and _worker is not None and _worker.proc.poll() is None:
+        try:
+            results = _worker.validate(suite["name"], suite["expectations"], frame)
+        except (OSError, EOFError, ValueError) as e:      # the child died: validate here instead
+            print(f"k2: gate process failed ({type(e).__name__}: {e}); validating in process", file=sys.stderr)
+            _worker = None
+    if results is None:
+        results = _run_expectations(suite["name"], suite["expectations"], frame)
     results += [_metric_check(spec, metrics) for spec in suite.get("metric_checks", [])]
     return GateReport(suite=suite["name"], success=all(r.success for r in results), results=results)
+
+
+if __name__ == "__main__":
+    _serve()

@@ -16,9 +16,10 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
 from k2core.config import PipelineConfig
 from k2core.errors import K2Error
@@ -58,6 +59,7 @@ class StageContext:
 
 def read_parquet_columns(workdir: Path, columns: list[str], subdir: str = "data") -> pd.DataFrame:
     """Default gate frame: the named columns of every Parquet file under workdir/subdir."""
+    import pandas as pd
     import pyarrow.parquet as pq
 
     files = sorted((workdir / subdir).glob("*.parquet"))
@@ -90,6 +92,8 @@ class StageSpec:
     modules: tuple[str, ...] = ()                  # sources hashed into the code version
     fingerprint: Ref | None = None                 # PipelineConfig -> raw-source identity
     gate_frame: Ref = read_parquet_columns         # (workdir, columns) -> the frame the suite checks
+    prepare: Ref | None = None                     # PipelineConfig -> None: start slow resources (a
+    #                                                cluster) early, when a run that computes this stage begins
     description: str = ""
 
     def code_hash(self) -> str:

@@ -31,6 +31,9 @@ class RunRecord(BaseModel):
     error: str | None = None
     config: dict[str, Any]
     stages: list[StageRun]
+    # where the command's own time went, seconds: plan_s (config + plan, from the command's start),
+    # prefect_import_s, api_wait_s (the local Prefect server's start; ~0 when reused), pipeline_s
+    timings: dict[str, float] = Field(default_factory=dict)
 
     def stage(self, name: str) -> StageRun:
         for s in self.stages:

@@ -172,3 +172,21 @@ class JSONHandler:
 
     def log_message(self, *a):
         pass
+
+
+def flow_run_events(api: str, flow_run_id, wait: float = 30.0, until: str = "prefect.flow-run.Completed") -> list[str]:
+    """Names of the events a Prefect server stored for a flow run, once `until` is among them (the
+    server stores events asynchronously), or whatever is there after `wait` seconds."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + wait
+    while True:
+        r = httpx.post(f"{api}/events/filter", json={"filter": {
+            "resource": {"id": [f"prefect.flow-run.{flow_run_id}"]}}, "limit": 50}, timeout=10)
+        r.raise_for_status()
+        names = [e["event"] for e in r.json()["events"]]
+        if until in names or time.monotonic() > deadline:
+            return names
+        time.sleep(0.5)

@@ -7,18 +7,23 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SECRET, write_jsonl
+from tests.conftest import SECRET, flow_run_events, write_jsonl
 
 K2 = str(Path(sys.executable).parent / "k2")
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
+    """A user's shell with no Prefect server configured: `k2 run` starts k2's local server under
+    K2_HOME (stopped at the end, as `k2 server --stop` does)."""
     e = dict(os.environ)
     e.pop("PREFECT_API_URL", None)
+    e.pop("K2_LOCAL_API", None)
     e["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
     e["K2_CACHE"] = str(tmp_path_factory.mktemp("k2-cache"))
-    return e
+    e["K2_HOME"] = str(tmp_path_factory.mktemp("k2-home"))
+    yield e
+    subprocess.run([K2, "server", "--stop"], env=e, capture_output=True, timeout=60)
 
 
 def k2(*args, env, check=True):
@@ -49,9 +54,10 @@ def test_missing_source_is_one_line(tmp_path, env):
     assert p.stderr.strip() == f"k2: error: source {tmp_path / 'nope.jsonl'}: does not exist"
 
 
-def _run_twice_and_inspect(store, src, env):
+def _run_twice_and_inspect(store, src, env, orchestrator="prefect (local server http://127.0.0.1:"):
     first = json.loads(k2("run", "--stages", "ingest", "--source", src, "--store", store, "--json", env=env).stdout)
-    assert first["status"] == "completed" and first["orchestrator"] == "prefect (ephemeral API)"
+    assert first["status"] == "completed" and first["orchestrator"].startswith(orchestrator), first["orchestrator"]
+    assert set(first["timings"]) == {"plan_s", "prefect_import_s", "api_wait_s", "pipeline_s"}
     [s] = first["stages"]
     assert s["status"] == "computed" and s["flow_run_id"] and s["metrics"]["docs"] == 30
     second = json.loads(k2("run", "--stages", "ingest", "--source", src, "--store", store, "--json", env=env).stdout)
@@ -91,9 +97,48 @@ def test_run_twice_on_s3(tmp_path, env, s3_endpoint, bucket):
     e = dict(env, K2_S3_ENDPOINT_URL=s3_endpoint, AWS_ACCESS_KEY_ID="k2-test-key", AWS_SECRET_ACCESS_KEY=SECRET,
              AWS_DEFAULT_REGION="us-east-1")
     store = f"s3://{bucket}/k2"
-    first, s = _run_twice_and_inspect(store, f"s3://{bucket}/raw/docs.jsonl", e)
+    e["K2_LOCAL_API"] = "ephemeral"       # Prefect's per-command API, as before the local server
+    first, s = _run_twice_and_inspect(store, f"s3://{bucket}/raw/docs.jsonl", e, "prefect (ephemeral API)")
     keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="k2/")["Contents"]]
     assert f"k2/artifacts/ingest/{s['version']}/manifest.json" in keys
     for key in keys:  # credentials appear in no manifest or run record
         if key.endswith(".json"):
             assert SECRET not in client.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
+
+
+def _state(env) -> dict:
+    return json.loads((Path(env["K2_HOME"]) / "prefect" / "api.json").read_text())
+
+
+@pytest.mark.slow
+def test_runs_share_the_local_server_that_k2_server_stop_stops(tmp_path, env):
+    """No server configured: the first `k2 run` starts k2's local Prefect server (K2_HOME) and
+    the next one reuses it; both runs' flow runs are on it, with no flow heartbeats (nothing on
+    that server watches for them); `k2 server --stop` stops it."""
+    import httpx
+
+    src = write_jsonl(tmp_path / "docs.jsonl", [{"text": f"document {i}"} for i in range(20)])
+    runs = []
+    for store in ("a", "b"):
+        runs.append(json.loads(k2("run", "--stages", "ingest", "--source", src, "--store", tmp_path / store,
+                                  "--json", env=env).stdout))
+        if store == "a":
+            state = _state(env)
+    assert _state(env)["pid"] == state["pid"] and runs[0]["orchestrator"] == runs[1]["orchestrator"]
+    api = state["url"]
+    assert runs[0]["orchestrator"] == f"prefect (local server {api.removesuffix('/api')})"
+    for run in runs:
+        for fr in (run["flow_run_id"], run["stages"][0]["flow_run_id"]):
+            got = httpx.get(f"{api}/flow_runs/{fr}", timeout=10).json()
+            assert got["state_type"] == "COMPLETED", got
+    for fr in (runs[1]["flow_run_id"], runs[1]["stages"][0]["flow_run_id"]):
+        events = flow_run_events(api, fr)
+        assert "prefect.flow-run.Completed" in events and "prefect.flow-run.heartbeat" not in events, events
+    # `k2 server` sees the running one instead of starting a second on the same database
+    assert "already running" in k2("server", env=env).stdout
+    out = k2("server", "--stop", env=env).stdout
+    assert f"stopped the Prefect server at {api.removesuffix('/api')} (pid {state['pid']})" in out
+    assert not (Path(env["K2_HOME"]) / "prefect" / "api.json").exists()
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{api}/health", timeout=2)
+    assert k2("server", "--stop", env=env).stdout.strip() == "k2: no local Prefect server is running"

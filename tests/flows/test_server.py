@@ -15,7 +15,7 @@ import pytest
 
 from k2core.runs import list_runs
 from k2core.store import open_store
-from tests.conftest import free_port
+from tests.conftest import flow_run_events, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -149,6 +149,12 @@ def test_pipeline_deployment_runs_on_the_worker_then_a_nightly_rerun_is_incremen
             flow_run_id=ArtifactFilterFlowRunId(any_=[k.id for k in kids.values()])))}
     assert names == {"ingest", "curate", "rephrase", "tokenize", "pretrain"}
     assert {"k2-pretrain-summary", "k2-pretrain-gate", "k2-pretrain-plots", "k2-ingest-summary"} <= keys
+    # a configured server keeps Prefect's flow heartbeats on the pipeline flow; its stage flows,
+    # in the same process, send none (each heartbeat thread costs up to 1 s to join)
+    assert "prefect.flow-run.heartbeat" in flow_run_events(api, fr.id, until="prefect.flow-run.heartbeat")
+    for k in kids.values():
+        events = flow_run_events(api, k.id)
+        assert "prefect.flow-run.Completed" in events and "prefect.flow-run.heartbeat" not in events, events
     store = open_store(str(server["store"]))
     [rec] = [r for r in list_runs(store) if r.flow_run_id == str(fr.id)]
     assert rec.status == "completed" and [s.status for s in rec.stages] == ["computed"] * 5

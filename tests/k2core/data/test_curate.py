@@ -53,7 +53,7 @@ def corpus(tmp_path, big: bool = False):
 
 
 def run(tmp_path, src, *sets):
-    cfg = load_config(overrides=[f"ingest.source={src}", "curate.dask_workers=1", *sets])
+    cfg = load_config(overrides=[f"ingest.source={src}", "curate.dask_workers=1", *sets])   # later sets win
     store = open_store(str(tmp_path / "store"))
     outs = [execute(p, cfg, store, log=lambda m: None) for p in plan(cfg, store, ["ingest", "curate"])]
     art = store.artifact("curate", outs[-1].version)
@@ -83,8 +83,8 @@ def test_the_dask_cluster_leaves_this_process_environment_alone(tmp_path, monkey
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         monkeypatch.delenv(var, raising=False)
     before = dict(os.environ)
-    run(tmp_path, corpus(tmp_path))
-    assert dict(os.environ) == before
+    m, _, _ = run(tmp_path, corpus(tmp_path), "curate.dask_workers=2")
+    assert m["dask"] == "LocalCluster of 2" and dict(os.environ) == before
 
 
 def test_dedup_does_not_depend_on_sharding(tmp_path):
@@ -92,6 +92,19 @@ def test_dedup_does_not_depend_on_sharding(tmp_path):
     _, one, _ = run(tmp_path / "a", src, "ingest.shard_docs=100")
     _, many, _ = run(tmp_path / "b", src, "ingest.shard_docs=2")
     assert sorted(d["id"] for d in one) == sorted(d["id"] for d in many)
+
+
+def test_one_shard_is_cut_into_parts_for_several_workers_with_the_same_decisions(tmp_path):
+    """One ingest shard, two workers: row ranges of similar size on a LocalCluster; the kept
+    documents and every reject reason equal the single-worker run in this process."""
+    src = corpus(tmp_path)
+    m1, one, rej1 = run(tmp_path / "a", src, "ingest.shard_docs=100")
+    m2, two, rej2 = run(tmp_path / "b", src, "ingest.shard_docs=100", "curate.dask_workers=2")
+    assert (m1["shards"], m1["parts"], m1["dask"]) == (1, 1, "in process")
+    assert m2["shards"] == 1 and m2["parts"] >= 4 and m2["dask"] == "LocalCluster of 2"
+    assert sorted(d["id"] for d in one) == sorted(d["id"] for d in two)
+    assert sorted((r["reason"], r["detail"]) for r in rej1) == sorted((r["reason"], r["detail"]) for r in rej2)
+    assert m1["dropped_by_reason"] == m2["dropped_by_reason"] and m1["domains"] == m2["domains"]
 
 
 def test_everything_filtered_is_a_gate_failure_not_a_crash(tmp_path):
