@@ -33,16 +33,21 @@ def main() -> None:
     ap.add_argument("--docs", type=int, default=20_000)
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="k2-bench-"))
-    env = dict(os.environ, PREFECT_HOME=str(tmp / "prefect"), K2_PROGRESS="0")
+    # a fresh K2_HOME: the first run starts k2's local Prefect server there (stopped at the end)
+    env = dict(os.environ, PREFECT_HOME=str(tmp / "prefect"), K2_HOME=str(tmp / "k2home"), K2_PROGRESS="0")
     env.pop("PREFECT_API_URL", None)
+    env.pop("K2_LOCAL_API", None)
     src = tmp / "docs.jsonl"
     with open(src, "w") as f:
         for i in range(a.docs):
             f.write(json.dumps({"text": f"document {i}: " + "some words of text " * 20}) + "\n")
     run = ["run", "--stages", "ingest", "--source", str(src), "--store", str(tmp / "store")]
     help_s = [timed(["--help"], env) for _ in range(a.repeat)]
-    first_s = timed(run, env)
-    cached_s = [timed(run, env) for _ in range(a.repeat)]
+    try:
+        first_s = timed(run, env)
+        cached_s = [timed(run, env) for _ in range(a.repeat)]
+    finally:
+        subprocess.run([K2, "server", "--stop"], env=env, capture_output=True)
     result = {
         "bench": "cli", "machine": f"{platform.machine()} {os.cpu_count()} cores", "python": platform.python_version(),
         "source_mb": round(src.stat().st_size / 1e6, 2), "docs": a.docs,
@@ -52,7 +57,7 @@ def main() -> None:
     print(json.dumps(result))
     print(f"\n| measure | median (s) | target |\n|---|---|---|\n"
           f"| `k2 --help` | {result['help_median_s']} | < 2 |\n"
-          f"| first `k2 run --stages ingest` ({result['source_mb']} MB, Prefect ephemeral) | {result['first_run_s']} | - |\n"
+          f"| first `k2 run --stages ingest` ({result['source_mb']} MB, starts the local Prefect server) | {result['first_run_s']} | - |\n"
           f"| second run, all cache hits | {result['cached_run_median_s']} | < 10 |")
 
 

@@ -1,6 +1,7 @@
 """Curation filters and fuzzy dedup: k2 side by side with datatrove 0.10 on one core each.
 
     .venv/bin/python bench/curation.py [--max-mb 30] [--near-dups 500] [--workers 1,2] [--skip-datatrove]
+    .venv/bin/python bench/curation.py --end-to-end [--max-mb 86] [--repeat 3]    (bench/curation_e2e.py)
 
 Corpus: the Python standard library (each module whole, plus its docstrings ≥ 200 chars) and
 the text under /usr/share/doc (copyright files, READMEs, changelogs), written to one JSONL file.
@@ -128,15 +129,11 @@ def agreement(ours: list[str | None], theirs: list[str | None]) -> dict:
             "disagreements": dict(classes.most_common())}
 
 
-def bench_dedup(texts: list[str], n_planted: int, seed: int = 0) -> dict:
-    """Plant near-duplicates (Jaccard 0.8–0.98 on word 5-gram shingles) of prose documents and
-    run k2's exact + MinHash-LSH dedup over corpus + copies."""
-    import numpy as np
-
-    from k2core.text.dedup import MinHasher, clusters, exact_key
+def shingler():
+    """Word 5-gram shingles with k2's MinHash word splitting, and their Jaccard similarity."""
+    from k2core.text.dedup import MinHasher
 
     mh = MinHasher()
-    rng = random.Random(seed)
 
     def shingles(t: str) -> set:
         w = mh.words(t)
@@ -145,8 +142,14 @@ def bench_dedup(texts: list[str], n_planted: int, seed: int = 0) -> dict:
     def jac(a: set, b: set) -> float:
         return len(a & b) / max(1, len(a | b))
 
-    pool = [t for t in texts if len(mh.words(t)) >= 150]
-    sources = rng.sample(range(len(pool)), min(n_planted, len(pool)))
+    return mh, shingles, jac
+
+
+def plant_near_dups(pool: list[str], n: int, rng: random.Random) -> tuple[list[str], list[int]]:
+    """Copies of `n` documents of `pool`, words replaced until their Jaccard similarity (word
+    5-gram shingles) falls below a target drawn from [0.8, 0.98]: (copies, index of each source)."""
+    _, shingles, jac = shingler()
+    sources = rng.sample(range(len(pool)), min(n, len(pool)))
     copies = []
     for i in sources:
         words = pool[i].split()
@@ -157,6 +160,19 @@ def bench_dedup(texts: list[str], n_planted: int, seed: int = 0) -> dict:
             if jac(base, shingles(" ".join(words))) < target:
                 break
         copies.append(" ".join(words))
+    return copies, sources
+
+
+def bench_dedup(texts: list[str], n_planted: int, seed: int = 0) -> dict:
+    """Plant near-duplicates (Jaccard 0.8–0.98 on word 5-gram shingles) of prose documents and
+    run k2's exact + MinHash-LSH dedup over corpus + copies."""
+    import numpy as np
+
+    from k2core.text.dedup import clusters, exact_key
+
+    mh, shingles, jac = shingler()
+    pool = [t for t in texts if len(mh.words(t)) >= 150]
+    copies, sources = plant_near_dups(pool, n_planted, random.Random(seed))
     allt = pool + copies
     ids = [f"{i:07d}" for i in range(len(allt))]
     t = time.perf_counter()
@@ -204,14 +220,28 @@ def bench_dask(docs: list[dict], workers: list[int], tmp: Path) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--max-mb", type=float, default=30)
+    ap.add_argument("--max-mb", type=float, default=None, help="corpus size (default 30; 86 with --end-to-end)")
     ap.add_argument("--near-dups", type=int, default=500)
     ap.add_argument("--skip-datatrove", action="store_true")
     ap.add_argument("--repeat", type=int, default=3, help="k2 chain repeats (median reported)")
     ap.add_argument("--no-per-filter", dest="per_filter", action="store_false",
                     help="skip each filter's separate agreement pass (3 more datatrove passes)")
     ap.add_argument("--workers", default="1,2", help="Dask worker counts for the whole-stage run ('' = skip)")
+    ap.add_argument("--end-to-end", action="store_true",
+                    help="`k2 run --stages ingest..curate` vs datatrove's pipeline as processes (bench/curation_e2e.py)")
+    ap.add_argument("--workdir", help="--end-to-end: where the corpus, stores and outputs go (default: a temp dir)")
+    ap.add_argument("--datatrove-pipeline", nargs=2, metavar=("CORPUS", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.datatrove_pipeline:
+        import curation_e2e
+
+        return curation_e2e.datatrove_pipeline(*args.datatrove_pipeline)
+    if args.end_to_end:
+        import curation_e2e
+
+        args.max_mb = 86 if args.max_mb is None else args.max_mb
+        return curation_e2e.main(args)
+    args.max_mb = 30 if args.max_mb is None else args.max_mb
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     docs = build_corpus(int(args.max_mb * 1e6))
     texts = [d["text"] for d in docs]
