@@ -148,6 +148,8 @@ def run_k2(args: list[str], store: Path, env: dict[str, str]) -> dict:
             row["curate_dask_start_s"] = m.get("cluster_start_seconds")
             row["curate_filter_s"] = m.get("filter_seconds")
             row["curate_filter_task_s"] = m.get("filter_task_seconds")
+            row["curate_warm_s"] = m.get("warm_seconds")
+            row["curate_dedup_s"] = m.get("dedup_seconds")
             row["curate_executor"] = m.get("dask")
             row["kept"] = m.get("docs_out")
             row["near_dup_removed"] = m.get("near_duplicates")
@@ -238,9 +240,10 @@ def main(args) -> None:
     if theirs:
         print(f"\nk2 end to end: {summary['ratio']}x datatrove's wall time on {info['docs']} documents ({mb} MB)")
     causes = ["wall_s", "process_start_exit_s", "plan_s", "prefect_import_s", "api_wait_s", "prefect_flows_s",
-              "ingest_run_s", "ingest_gate_s", "ingest_commit_s", "curate_dask_start_s", "curate_filter_s",
+              "ingest_run_s", "ingest_gate_s", "ingest_commit_s", "curate_dask_start_s", "curate_warm_s", "curate_filter_s",
+              "curate_dedup_s",
               "curate_run_s", "curate_gate_s", "curate_commit_s", "stages_s", "fixed_overhead_s"]
-    print("\nwhere k2's seconds go (medians; curate_run_s includes its Dask start and filter pass):")
+    print("\nwhere k2's seconds go (medians; curate_run_s includes its Dask start, warm-up, filter and dedup passes):")
     print(table([{"cause": c, "ingest..curate": k2.get(c, "-"), "small ingest": median_row(smalls).get(c, "-"),
                   "cached": median_row(cached).get(c, "-"), "first run": first.get(c, "-")} for c in causes],
                 ["cause", "ingest..curate", "small ingest", "cached", "first run"]))

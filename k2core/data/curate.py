@@ -291,6 +291,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     t_cluster = time.perf_counter() - t0
     client.run(_warm)                      # imports on every worker before the clock starts
     t_start = time.perf_counter()          # filter time excludes the cluster's start-up
+    t_warm = t_start - t0 - t_cluster
     try:
         with ctx.progress(len(units), "curate: filter", "part") as bar:
             # largest units first: the last tasks to finish are small ones (better balance)
@@ -302,6 +303,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
                 stats.append(fut.result())
                 bar.update(1)
         t_filter = time.perf_counter() - t_start
+        t_dedup = time.perf_counter()
         # pass 2: clusters across the whole corpus (only ids and keys come to the driver)
         keys = [pq.read_table(out / f"stage1-{i:05d}.parquet", columns=["id", "exact_key", "bands"])
                 for i in range(len(units))]
@@ -325,6 +327,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
             for fut in _as_completed(futures):
                 finals.append(fut.result())
                 bar.update(1)
+        t_dedup = time.perf_counter() - t_dedup
     finally:
         client.close()
         if cluster is not None:
@@ -348,6 +351,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "exact_duplicates": why.get("exact_duplicate", 0), "near_duplicates": why.get("near_duplicate", 0),
         "domains": dict(sorted(domains.items())), "shards": len(shards), "parts": len(units),
         "filter_seconds": round(t_filter, 2), "seconds": round(time.perf_counter() - t0, 2),
+        "warm_seconds": round(t_warm, 2), "dedup_seconds": round(t_dedup, 2),
         "cluster_start_seconds": round(t_cluster, 2), "workers": cfg.dask_workers or os.cpu_count(),
         "filter_task_seconds": round(sum(x["seconds"] for x in stats), 2),
         "filter_slowest_task_seconds": round(max((x["seconds"] for x in stats), default=0.0), 2),
