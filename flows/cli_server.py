@@ -54,7 +54,7 @@ def cmd_server(args) -> int:
               "k2: no local Prefect server is running")
         return 0
     running = local_api.find()
-    if running is not None:
+    if running is not None and not args.database_url and running.url.endswith(f":{args.port}/api"):
         print(f"k2: a Prefect server with its UI is already running at {running.ui} (pid {running.pid}"
               f"{f'; log {running.log}' if running.log else ''}); `k2 server --stop` stops it", flush=True)
         return 0
