@@ -38,9 +38,6 @@ def _run_pipeline(args, cfg, store, *, stages: str | None, pinned: dict[str, str
         print_run(rec.record, args.json)
         return 0
     orchestrator, local = prefect_env()     # a local server's start overlaps the imports below
-    from k2core.quality import prewarm
-
-    prewarm()                               # (started already by `k2 run`; `k2 rerun` starts it here)
     t = time.perf_counter()
     from flows.pipeline import k2_pipeline
 
@@ -85,6 +82,9 @@ def cmd_rerun(args) -> int:
     from k2core.pipeline import upstream_of
     from k2core.runs import load_run
 
+    from k2core.quality import prewarm
+
+    prewarm()            # as in `k2 run`: Great Expectations loads in a child while this one plans
     store = store_from_args(args)
     record = load_run(store, args.run)
     base = dict(record.config)

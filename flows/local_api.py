@@ -43,6 +43,7 @@ class LocalAPI:
     pid: int
     log: Path | None               # None: a foreground `k2 server` (it logs to its terminal)
     started: bool = False          # started by this process (its start may still be under way)
+    started_at: float = 0.0        # when the state file was written (time.time())
 
     @property
     def ui(self) -> str:
@@ -79,7 +80,8 @@ def write_state(url: str, pid: int, log: Path | None) -> None:
 def _read_state() -> LocalAPI | None:
     try:
         s = json.loads(state_file().read_text())
-        return LocalAPI(s["url"], int(s["pid"]), Path(s["log"]) if s.get("log") else None)
+        return LocalAPI(s["url"], int(s["pid"]), Path(s["log"]) if s.get("log") else None,
+                        started_at=float(s.get("started_at", 0)))
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -137,12 +139,8 @@ def stop() -> LocalAPI | None:
 
 def _starting() -> LocalAPI | None:
     """A server another command started moments ago (process alive, not answering yet)."""
-    try:
-        started_at = json.loads(state_file().read_text()).get("started_at", 0)
-    except (OSError, ValueError, AttributeError):
-        return None
     api = _read_state()
-    return api if api is not None and _alive(api.pid) and time.time() - started_at < 180 else None
+    return api if api is not None and _alive(api.pid) and time.time() - api.started_at < 180 else None
 
 
 def _alive(pid: int) -> bool:

@@ -4,14 +4,29 @@ from __future__ import annotations
 import secrets
 import time
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from k2core.errors import K2Error
 from k2core.store import Store, StoreError, check_key
 from schemas.records import RunRecord, StageRun
 
-if TYPE_CHECKING:  # the stage contract builds on run records, not the other way round
-    from k2core.stage import PlannedStage, StageOutcome
+
+# What a run record needs of a planned stage and of a stage's outcome (k2core.stage's PlannedStage
+# and StageOutcome): the stage contract builds on run records, not the other way round.
+class Planned(Protocol):
+    name: str
+    version: str
+    inputs: dict[str, str]
+    reason: str
+
+
+class Outcome(Protocol):
+    stage: str
+    status: str
+    reason: str
+    seconds: float
+    location: str
+    metrics: dict[str, Any]
 
 
 def now_iso() -> str:
@@ -33,7 +48,7 @@ class RunRecorder:
         self.store, self.record = store, record
 
     @classmethod
-    def start(cls, store: Store, run_id: str, config: dict[str, Any], planned: "list[PlannedStage]",
+    def start(cls, store: Store, run_id: str, config: dict[str, Any], planned: list[Planned],
               orchestrator: str, rerun_of: str | None = None,
               flow_run_id: str | None = None) -> "RunRecorder":
         record = RunRecord(run_id=run_id, created_at=now_iso(), orchestrator=orchestrator, config=config,
@@ -56,7 +71,7 @@ class RunRecorder:
         s.status, s.started_at, s.flow_run_id = "running", now_iso(), flow_run_id or s.flow_run_id
         self.save()
 
-    def stage_done(self, outcome: "StageOutcome", flow_run_id: str | None = None) -> None:
+    def stage_done(self, outcome: Outcome, flow_run_id: str | None = None) -> None:
         s = self.record.stage(outcome.stage)
         s.status, s.seconds, s.location = outcome.status, round(outcome.seconds, 3), outcome.location
         s.reason = (outcome.reason or s.reason) if outcome.status == "computed" else "cached"
