@@ -268,6 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_server(sub)
 
+    from flows.cli_mcp import register as register_mcp
+
+    register_mcp(sub)
+
     sp = sub.add_parser("config", help="print the resolved config")
     common(sp, cfg_opts=True)
     sp.add_argument("--source", help=argparse.SUPPRESS)

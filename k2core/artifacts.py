@@ -20,14 +20,15 @@ def read_input_rows(ctx: StageContext, stage: str, columns: list[str]) -> list[d
     return read_artifact_rows(art, columns) if art is not None else []
 
 
-def read_artifact_rows(art: Artifact, columns: list[str]) -> list[dict[str, Any]]:
-    """`columns` of every row in an artifact's data/ shards, sorted by id."""
+def read_artifact_rows(art: Artifact, columns: list[str], key: str = "id") -> list[dict[str, Any]]:
+    """`columns` of every row in an artifact's data/ shards (Parquet files), sorted by `key`."""
     import pyarrow.parquet as pq
 
     rows = []
     for rel in art.files("data/"):
-        rows += pq.read_table(art.path(rel), columns=columns).to_pylist()
-    rows.sort(key=lambda r: r["id"])
+        if rel.endswith(".parquet"):
+            rows += pq.read_table(art.path(rel), columns=columns).to_pylist()
+    rows.sort(key=lambda r: r[key])
     return rows
 
 

@@ -284,6 +284,104 @@ class RephraseRepeatExperimentConfig(ModelInit):
     device: str = Field("auto", description="auto | cpu | cuda")
 
 
+class McpServerConfig(Section):
+    """One MCP server to harvest: ``command`` (+ ``args``, ``env``) over stdio, or ``url`` over
+    streamable HTTP."""
+
+    name: str = Field(min_length=1)
+    command: str | None = None
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    url: str | None = None
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> "McpServerConfig":
+        if bool(self.command) == bool(self.url):
+            raise _field_error("command", f"server {self.name!r}: set command (stdio) or url (HTTP), exactly one")
+        if self.url and not self.url.startswith(("http://", "https://")):
+            raise _field_error("url", f"{self.url!r} must start with http:// or https://")
+        return self
+
+
+class SyntheticToolsConfig(Section):
+    """Synthetic tools by hierarchical evolution: categories -> application domains -> tools."""
+
+    count: int = Field(64, ge=0, description="tool proposals asked of the teacher (K2 used 20,000); 0 = none")
+    categories: list[str] = Field(default_factory=lambda: [
+        "finance", "travel", "weather", "e-commerce", "health", "education", "productivity", "social media",
+        "developer tools", "maps", "music", "sports"], description="top-level categories the teacher expands")
+    domains_per_category: int = Field(3, ge=1)
+    batch: int = Field(32, ge=1, description="tool proposals per teacher call batch")
+    teacher: ModelRef = Field(default_factory=ModelRef, description="unset: this run's pretrain model")
+    prompts_dir: str | None = Field(None, description="a directory with domains.txt / tool.txt overriding the built-in")
+    max_tokens: int = Field(192, ge=16)
+    temperature: float = Field(0.8, ge=0.0)
+    seed: int = 0
+
+
+class ToolsConfig(Section):
+    """The tool repository (the `tools` stage): real MCP servers, catalogue files, synthetic tools."""
+
+    mcp_servers: list[McpServerConfig] | None = Field(
+        None, description="servers to harvest; None = k2's domain servers + mcp-server-time + mcp-server-git")
+    files: list[str] = Field(default_factory=list, description="MCP tools/list dumps or OpenAI function-schema "
+                                                               "JSON / JSONL files, local or s3://")
+    server_timeout_s: float = Field(30.0, gt=0, description="per server: start, initialise, list, shut down")
+    near_dup_threshold: float = Field(0.95, gt=0.0, le=1.0, description="cosine of name + description embeddings "
+                                                                       "at which a tool is a near duplicate; 1 = off")
+    synthetic: SyntheticToolsConfig = Field(default_factory=SyntheticToolsConfig)
+    min_tools: int = Field(1, ge=0, description="gate: fewest tools in the repository")
+    min_mcp_tools: int = Field(1, ge=0, description="gate: fewest tools harvested from MCP servers")
+
+
+class LiveRolloutConfig(Section):
+    """Live multi-turn rollouts: the agent model against a user simulator and the tools."""
+
+    episodes: int = Field(32, ge=0, description="conversations rolled out (train-split tasks, all domains)")
+    agent: ModelRef = Field(default_factory=ModelRef, description="unset: this run's pretrain model")
+    user: Literal["blueprint", "teacher"] = Field("blueprint", description="blueprint: scenario-rendered user "
+                                                                            "turns; teacher: the user model")
+    user_model: ModelRef = Field(default_factory=ModelRef, description="teacher user / judge / tool simulator; "
+                                                                       "unset: the agent's model")
+    max_turns: int = Field(6, ge=1, description="agent generations per conversation")
+    max_tokens: int = Field(160, ge=8, description="tokens per agent turn")
+    temperature: float = Field(0.7, ge=0.0)
+    distractors: int = Field(3, ge=0, description="tools from the repository offered beside the domain's")
+    simulated_tasks: int = Field(8, ge=0, description="tasks on tools without a backend (tool simulator + LLM judge)")
+    failure_rate: float = Field(0.1, ge=0.0, le=1.0, description="tool simulator: calls that fail")
+    edge_rate: float = Field(0.1, ge=0.0, le=1.0, description="tool simulator: calls hitting an edge case")
+    seed: int = 0
+
+
+class SynthesizeConfig(Section):
+    """Agentic data (the `synthesize` stage): executable domains, verified tasks, blueprint and live
+    trajectories, judged; only successes kept."""
+
+    domains: list[str] = Field(default_factory=lambda: ["retail", "travel", "calendar", "bank"])
+    db_size: int = Field(30, ge=3, description="users / travellers / people / customers per domain database")
+    db_seed: int = 0
+    tasks_per_domain: int = Field(60, ge=1, description="verified tasks per domain")
+    max_proposals: int = Field(10, ge=1, description="blueprint proposals per wanted task, at most")
+    coding_tasks: int = Field(20, ge=0, description="programming tasks with unit tests (run_python in the sandbox)")
+    heldout_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="tasks held out (by id hash) for RL / evaluation")
+    phrasings: int = Field(1, ge=1, le=8, description="blueprint conversations per task (varied phrasings)")
+    live: LiveRolloutConfig = Field(default_factory=LiveRolloutConfig)
+    judge_sample: int = Field(32, ge=0, description="executable trajectories also judged by the LLM judge "
+                                                    "(its agreement with the state verdict is reported)")
+    min_trajectories: int = Field(1, ge=0, description="gate: fewest successful trajectories")
+    min_success_rate: float = Field(0.05, ge=0.0, le=1.0, description="gate: kept / judged trajectories at least")
+    max_success_rate: float = Field(1.0, ge=0.0, le=1.0, description="gate: at most (a judge passing all is suspect)")
+
+    @model_validator(mode="after")
+    def _known_domains(self) -> "SynthesizeConfig":
+        from k2core.agentic.domains import DOMAINS
+
+        unknown = [d for d in self.domains if d not in DOMAINS]
+        if unknown:
+            raise _field_error("domains", f"unknown domain {unknown[0]!r}; built in: {', '.join(DOMAINS)}")
+        return self
+
+
 class PipelineConfig(Section):
     """The whole pipeline. Later stages add their sections here."""
 
@@ -295,6 +393,8 @@ class PipelineConfig(Section):
     rephrase: RephraseConfig = Field(default_factory=RephraseConfig)
     tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    tools: ToolsConfig = Field(default_factory=ToolsConfig)
+    synthesize: SynthesizeConfig = Field(default_factory=SynthesizeConfig)
 
 
 # ---------------------------------------------------------------------------- profiles
@@ -305,8 +405,13 @@ PROFILES: dict[str, dict[str, Any]] = {
     "tiny": {"ingest": {"max_docs": 2000, "shard_docs": 1000},
              "rephrase": {"max_docs": 40, "chunk_chars": 600, "max_tokens": 96, "min_accept_rate": 0.0},
              "tokenize": {"vocab_size": 4096, "seq_len": 128},
-             "pretrain": {"preset": "tiny", "steps": 300, "micro_batch": 16, "warmup_steps": 20,
-                          "eval_every": 50, "checkpoint_every": 50, "optim": {"lr": 3e-3}}},
+             # 4096 positions: the post-training stages' conversations (tool declarations) outgrow 1024
+             "pretrain": {"preset": "tiny", "model": {"max_position_embeddings": 4096}, "steps": 300,
+                          "micro_batch": 16, "warmup_steps": 20,
+                          "eval_every": 50, "checkpoint_every": 50, "optim": {"lr": 3e-3}},
+             "tools": {"synthetic": {"count": 16, "batch": 16, "max_tokens": 128}},
+             "synthesize": {"db_size": 20, "tasks_per_domain": 40, "coding_tasks": 10, "judge_sample": 16,
+                            "live": {"episodes": 16, "max_turns": 4, "max_tokens": 96, "simulated_tasks": 4}}},
     "h200": {"ingest": {"max_docs": None},
              "pretrain": {"preset": "h200", "steps": 600, "micro_batch": 8, "grad_accum": 16, "warmup_steps": 30,
                           "eval_every": 100, "checkpoint_every": 250, "optim": {"lr": 1e-3}}},

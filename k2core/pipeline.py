@@ -1,6 +1,6 @@
 """The composition root: the built-in stage list, the registry, stage selection and planning.
 
-    ingest → curate → rephrase → tokenize → pretrain      (later issues append theirs)
+    ingest → curate → rephrase → tokenize → pretrain → tools → synthesize      (later issues append theirs)
 
 A stage's code is referenced as "module:attribute" and imported when the stage runs, so listing
 and planning the pipeline (and a fully cached run) import no stage code. `plan` derives every
@@ -14,7 +14,8 @@ from k2core.errors import K2Error
 from k2core.runs import load_run
 from k2core.stage import PlannedStage, StageSpec, compute_version, resolve_ref
 from k2core.store import Store
-from schemas.suites import curate_suite, ingest_suite, pretrain_suite, rephrase_suite, tokenize_suite
+from schemas.suites import (curate_suite, ingest_suite, pretrain_suite, rephrase_suite, synthesize_suite, tokenize_suite,
+                            tools_suite)
 
 # ---------------------------------------------------------------------------- registry
 _REGISTRY: dict[str, StageSpec] = {}
@@ -88,6 +89,27 @@ PRETRAIN = register(StageSpec(
     modules=("k2core.train.pretrain", "k2core.train.loop", "k2core.model.k2", "k2core.model.config",
              "k2core.optim.muonclip", "k2core.optim.kernels"),
     description="K2 model + MuonClip: WSD schedule, resumable checkpoints, telemetry, HF-format model",
+))
+
+TOOLS = register(StageSpec(
+    name="tools", section="tools", inputs=("pretrain",),
+    run="k2core.agentic.tools:run", suite=tools_suite, code_version="1", fingerprint="k2core.agentic.tools:fingerprint",
+    modules=("k2core.agentic.tools", "k2core.agentic.mcp", "k2core.agentic.domains.base",
+             *(f"k2core.agentic.domains.{d}" for d in ("retail", "travel", "calendar", "bank"))),
+    description="tool repository: real MCP servers harvested, catalogue files, synthetic tools from the teacher; "
+                "validated, deduplicated",
+))
+
+SYNTHESIZE = register(StageSpec(
+    name="synthesize", section="synthesize", inputs=("pretrain", "tools"),
+    run="k2core.agentic.synthesize:run", suite=synthesize_suite, code_version="1",
+    gate_frame="k2core.agentic.synthesize:gate_frame", fingerprint="k2core.agentic.synthesize:fingerprint",
+    modules=("k2core.agentic.synthesize", "k2core.agentic.tasks", "k2core.agentic.blueprint", "k2core.agentic.rollout",
+             "k2core.agentic.user", "k2core.agentic.judge", "k2core.agentic.simulator", "k2core.agentic.coding",
+             "k2core.agentic.domains.base", "k2core.text.chat", "schemas.agentic",
+             *(f"k2core.agentic.domains.{d}" for d in ("retail", "travel", "calendar", "bank"))),
+    description="executable domains, verified tasks (τ²-shaped), blueprint + live trajectories, judged; "
+                "only successes kept; train / heldout split",
 ))
 
 

@@ -100,3 +100,51 @@ def pretrain_suite(cfg: Any) -> dict[str, Any]:
             {"metric": "nan_steps", "max": 0},
         ],
     }
+
+
+def tools_suite(cfg: Any) -> dict[str, Any]:
+    """The tool repository: ids unique, names well formed, known sources; enough tools, enough of
+    them from real MCP servers, every schema valid (the stage rejects invalid ones, so none may
+    remain)."""
+    return {
+        "name": "tools",
+        "columns": ["tool_id", "name", "source", "parameters"],
+        "expectations": [
+            {"type": "ExpectTableRowCountToBeBetween", "min_value": max(1, cfg.min_tools)},
+            {"type": "ExpectColumnValuesToBeUnique", "column": "tool_id"},
+            {"type": "ExpectColumnValuesToMatchRegex", "column": "name", "regex": r"^[A-Za-z0-9_-]{1,64}$"},
+            {"type": "ExpectColumnValuesToMatchRegex", "column": "source", "regex": r"^(?:mcp:.+|file:.+|synthetic)$"},
+            {"type": "ExpectColumnValuesToNotBeNull", "column": "parameters"},
+        ],
+        "metric_checks": [
+            {"metric": "ids_unique", "min": 1},
+            {"metric": "schema_errors", "max": 0},
+            {"metric": "mcp_shortfall", "min": 0, "max": 0},          # mcp_tools >= min_mcp_tools
+            {"metric": "tools", "min": max(1, cfg.min_tools)},
+        ],
+    }
+
+
+def synthesize_suite(cfg: Any) -> dict[str, Any]:
+    """Kept trajectories: all successes, unique ids, known origins and splits; well formed (every
+    call names a declared tool with valid arguments, every tool result answers a call, roles in
+    order); no task in both splits; success rate within bounds."""
+    return {
+        "name": "synthesize",
+        "columns": ["trajectory_id", "task_id", "origin", "split", "verdict"],
+        "expectations": [
+            {"type": "ExpectTableRowCountToBeBetween", "min_value": max(1, cfg.min_trajectories)},
+            {"type": "ExpectColumnValuesToBeUnique", "column": "trajectory_id"},
+            {"type": "ExpectColumnValuesToBeInSet", "column": "verdict", "value_set": ["success"]},
+            {"type": "ExpectColumnValuesToBeInSet", "column": "origin", "value_set": ["blueprint", "live", "simulated"]},
+            {"type": "ExpectColumnValuesToBeInSet", "column": "split", "value_set": ["train", "heldout"]},
+        ],
+        "metric_checks": [
+            {"metric": "split_overlap", "max": 0},
+            {"metric": "call_problems", "max": 0},
+            {"metric": "schema_errors", "max": 0},
+            {"metric": "success_rate_low", "max": 0},                  # success_rate >= min_success_rate
+            {"metric": "success_rate_high", "max": 0},                 # success_rate <= max_success_rate
+            {"metric": "trajectories", "min": max(1, cfg.min_trajectories)},
+        ],
+    }

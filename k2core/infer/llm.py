@@ -44,6 +44,7 @@ class TextParams:
     top_p: float = 1.0
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+    keep_special: bool = False        # keep special tokens in the text (chat turns: tool calls are special tokens)
 
     def __post_init__(self):
         check_sampling(self.max_tokens, self.temperature, self.top_p)
@@ -75,6 +76,10 @@ class LLM(ABC):
     def describe(self) -> str:
         return f"{self.backend}:{self.model}"
 
+    def fits(self, prompt: str, max_tokens: int) -> bool:
+        """Whether `prompt` plus `max_tokens` fits the model's context (unknown for a server: yes)."""
+        return True
+
     def close(self) -> None:
         """Release what the backend holds (the vllm backend's worker process)."""
 
@@ -103,6 +108,11 @@ class _CheckpointLLM(LLM):
         self.stop_ids = [eos] if eos is not None else []
         self.model = path.name if path.name != "model" else path.parent.name
 
+    context_length: int | None = None
+
+    def fits(self, prompt: str, max_tokens: int) -> bool:
+        return self.context_length is None or len(self.tokenizer.encode(prompt).ids) + max_tokens <= self.context_length
+
     def _encode(self, prompts: list[str]) -> list[list[int]]:
         ids = [self.tokenizer.encode(p).ids for p in prompts]
         for i, x in enumerate(ids):
@@ -110,9 +120,19 @@ class _CheckpointLLM(LLM):
                 raise LLMError(f"{self.backend} engine: prompt {i} encodes to no tokens")
         return ids
 
+    def _stop_ids(self, params: TextParams) -> list[int]:
+        """EOS, plus every stop string that is one token of the vocabulary (``<|im_end|>``): the
+        engine stops on it instead of generating to max_tokens and cutting."""
+        from k2core.text.special_tokens import SPECIAL_TOKENS
+
+        extra = [self.tokenizer.token_to_id(s) for s in params.stop if s in SPECIAL_TOKENS]
+        return self.stop_ids + [i for i in extra if i is not None and i not in self.stop_ids]
+
     def _completion(self, prompt_ids: list[int], token_ids: list[int], finish: str, params: TextParams) -> Completion:
-        toks = token_ids[:-1] if finish == "stop" and token_ids and token_ids[-1] in self.stop_ids else token_ids
-        text, stopped = cut_at_stop(self.tokenizer.decode(toks), params.stop)
+        stops = self._stop_ids(params)
+        toks = token_ids[:-1] if finish == "stop" and token_ids and token_ids[-1] in stops else token_ids
+        text, stopped = cut_at_stop(self.tokenizer.decode(toks, skip_special_tokens=not params.keep_special),
+                                    params.stop)
         return Completion(text, "stop" if stopped or finish == "stop" else "length", len(prompt_ids), len(token_ids))
 
 
@@ -133,6 +153,7 @@ class NativeLLM(_CheckpointLLM):
             raise LLMError(f"native engine: {e}") from None
         if max_batch:
             self.engine.max_batch = max_batch
+        self.context_length = int(self.engine.model.config.max_position_embeddings)
         self._lock = threading.Lock()            # one engine: requests from a server take turns
 
     def generate(self, prompts: list[str], params: TextParams | None = None,
@@ -142,7 +163,7 @@ class NativeLLM(_CheckpointLLM):
         params = params or TextParams()
         ids = self._encode(prompts)
         sp = SamplingParams(max_tokens=params.max_tokens, temperature=params.temperature, top_p=params.top_p,
-                            seed=params.seed, stop_token_ids=self.stop_ids)
+                            seed=params.seed, stop_token_ids=self._stop_ids(params))
         with self._lock:
             gens = self.engine.generate(ids, sp, progress=progress)
         return [self._completion(x, g.token_ids, g.finish_reason, params) for x, g in zip(ids, gens)]
@@ -184,6 +205,7 @@ class VLLMLLM(_CheckpointLLM):
         cfg = json.loads((path / "config.json").read_text())
         if max_model_len:
             max_model_len = min(max_model_len, int(cfg.get("max_position_embeddings", max_model_len)))
+        self.context_length = max_model_len or cfg.get("max_position_embeddings")
         self.timeout = timeout
         self._log = tempfile.NamedTemporaryFile("w+", prefix="k2-vllm-", suffix=".log", delete=False)
         env = {**os.environ, "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1"}
@@ -226,7 +248,7 @@ class VLLMLLM(_CheckpointLLM):
         params = params or TextParams()
         ids = self._encode(prompts)
         one = {"max_tokens": params.max_tokens, "temperature": params.temperature, "top_p": params.top_p,
-               "stop_token_ids": self.stop_ids}
+               "stop_token_ids": self._stop_ids(params)}
         req = {"prompts": ids, "params": [{**one, "seed": None if params.seed is None else params.seed + i}
                                           for i in range(len(ids))]}
         with self._lock, Progress(len(prompts) if progress else 0, f"generate ({self.describe()})",
@@ -320,6 +342,8 @@ class OpenAILLM(LLM):
                 payload["seed"] = params.seed + i
             if params.stop:
                 payload["stop"] = params.stop
+            if params.keep_special:
+                payload["skip_special_tokens"] = False      # vLLM's and k2 serve's extension
             body = self._post(client, payload)
             try:
                 choice = body["choices"][0]

@@ -22,6 +22,7 @@ class CompletionRequest(BaseModel):
     seed: int | None = None
     stop: str | list[str] | None = None
     n: int = Field(1, ge=1, le=1)
+    skip_special_tokens: bool = Field(True, description="vLLM's extension: False keeps special tokens (tool calls)")
 
 
 def create_app(llm: LLM, model_name: str):
@@ -51,7 +52,7 @@ def create_app(llm: LLM, model_name: str):
         stop = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
         try:
             params = TextParams(max_tokens=req.max_tokens, temperature=req.temperature, top_p=req.top_p,
-                                seed=req.seed, stop=stop)
+                                seed=req.seed, stop=stop, keep_special=not req.skip_special_tokens)
             outs = llm.generate(prompts, params, progress=False)
         except (ValueError, LLMError) as e:
             return error(400, str(e))

@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parents[2]
 FLOORS: list[tuple[str, ...]] = [
     ("k2core", "k2core.errors", "k2core.section", "k2core.lazy", "k2core.progress", "k2core.perf"),
     ("k2core.text", "k2core.model.config", "k2core.optim.config", "k2core.store", "k2core.quality",
-     "k2core.report", "k2core.sandbox"),                               # leaves: pure text, typed sections, I/O
+     "k2core.report", "k2core.sandbox", "k2core.agentic.domains"),     # leaves: pure text, typed sections, I/O,
+    #                                                                    executable domains (pydantic + code)
     ("k2core.config",),                                                # the typed pipeline config
     ("k2core.runs", "k2core.sources"),
     ("k2core.model", "k2core.optim"),                                  # the model and MuonClip
@@ -21,6 +22,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("k2core.infer",),                                                 # engines and the LLM interface
     ("k2core.train",),                                                 # the loop and the training stages
     ("k2core.data",),                                                  # the pre-training data stages
+    ("k2core.agentic",),                                               # tools, tasks, rollouts, synthesis
     ("k2core.experiments",),
     ("k2core.pipeline",),                                              # the composition root
 ]

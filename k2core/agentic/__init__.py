@@ -1,0 +1,1 @@
+"""Agentic data: the tool repository, executable domains, tasks, the rollout loop, judges, synthesis."""
