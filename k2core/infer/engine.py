@@ -71,6 +71,26 @@ def sample(logits_BV: torch.Tensor, p: SamplingParams, gen: torch.Generator | No
     return torch.multinomial(logits.softmax(-1), 1, generator=gen).squeeze(-1)
 
 
+def length_buckets(lengths: list[int], max_batch: int, max_padding: float = 0.15) -> list[list[int]]:
+    """Prompt indices grouped into batches of at most `max_batch`: prompts of similar length go
+    together (longest first), and a batch grows only while its left padding stays under
+    `max_padding` of its tokens — padded prefill is work thrown away (multi-turn conversations of
+    different lengths would otherwise pad to the longest). Equal lengths: one batch of max_batch."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    real = 0
+    for i in order:
+        if cur and (len(cur) == max_batch or lengths[cur[0]] * (len(cur) + 1) > (1 + max_padding) * (real + lengths[i])):
+            batches.append(cur)
+            cur, real = [], 0
+        cur.append(i)
+        real += lengths[i]
+    if cur:
+        batches.append(cur)
+    return batches
+
+
 class Engine:
     """Generate token ids from a K2ForCausalLM (``Engine.from_checkpoint(dir)``)."""
 
@@ -86,6 +106,10 @@ class Engine:
         self.compile = (cuda and self.cuda_graph) if compile is None else compile
         self._decode = torch.compile(self._forward_greedy, dynamic=False) if self.compile else self._forward_greedy
         self.max_batch = max_batch
+        # a batch grows while its left padding stays under this share of its tokens: on a GPU a
+        # decode step costs about the same at any batch size, so fewer, fuller batches win; on a
+        # CPU padded prefill is compute thrown away
+        self.max_padding = 0.5 if self.device.type == "cuda" else 0.15
         self._graphs: dict[tuple[int, int], tuple[KVCache, Callable]] = {}
 
     def _forward(self, tok: torch.Tensor, cache: KVCache) -> torch.Tensor:
@@ -121,15 +145,15 @@ class Engine:
         if params.seed is not None:
             gen = torch.Generator(device=self.device)
             gen.manual_seed(params.seed)
-        out: list[Generation] = []
-        chunks = range(0, len(prompts), self.max_batch)
+        out: list[Generation | None] = [None] * len(prompts)
         with (Progress(len(prompts), "generate", unit="prompt") if progress else contextlib.nullcontext()) as bar:
-            for start in chunks:
-                batch = prompts[start:start + self.max_batch]
-                out.extend(self._generate_batch(batch, params, gen, on_token))
+            for idx in length_buckets([len(p) for p in prompts], self.max_batch, self.max_padding):
+                gens = self._generate_batch([prompts[i] for i in idx], params, gen, on_token)
+                for i, g in zip(idx, gens):
+                    out[i] = g
                 if bar is not None:
-                    bar.update(len(batch))
-        return out
+                    bar.update(len(idx))
+        return out  # type: ignore[return-value]
 
     @torch.inference_mode()
     def _generate_batch(self, prompts, params: SamplingParams, gen, on_token) -> list[Generation]:
@@ -221,5 +245,5 @@ class Engine:
         return step
 
 
-GRAPH_LEN_BUCKET = 128   # cache lengths are rounded up to this for graph reuse
-MAX_GRAPHS = 4           # captured shapes kept per engine (each holds its own latent cache)
+GRAPH_LEN_BUCKET = 512   # cache lengths are rounded up to this for graph (and compiled-step) reuse
+MAX_GRAPHS = 8           # captured shapes kept per engine (each holds its own latent cache)

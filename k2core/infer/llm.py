@@ -220,6 +220,12 @@ class VLLMLLM(_CheckpointLLM):
             for line in self._proc.stdout:
                 if line.startswith("K2VLLM "):
                     self._lines.put(line[7:])
+                else:                              # vLLM logs its workers' errors on stdout: keep them
+                    try:
+                        self._log.write(line)
+                        self._log.flush()
+                    except ValueError:             # the log was closed
+                        pass
             self._lines.put(None)                  # the worker exited
         threading.Thread(target=pump, daemon=True).start()
         self._lock = threading.Lock()

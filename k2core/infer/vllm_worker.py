@@ -39,6 +39,13 @@ def engine_kwargs(opts: dict) -> dict:
         kw["max_num_seqs"] = opts["max_num_seqs"]
     if current_platform.is_cpu():
         kw["compilation_config"] = {"custom_ops": ["-rotary_embedding"]}
+        import torch
+
+        # On CPUs with AMX tiles vLLM picks its AMX MLA backend, whose weight packing takes only
+        # bf16 / fp16 / int8 weights (measured: "expect weight to be bfloat16, float16, ..." at load
+        # with float32); the reference CPU MLA backend serves any dtype.
+        if torch.cpu._is_amx_tile_supported() and opts.get("dtype") in ("float32", "float", torch.float32):
+            kw["attention_backend"] = "CPU_MLA"
     return kw
 
 

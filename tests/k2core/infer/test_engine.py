@@ -89,3 +89,15 @@ def test_bad_requests_are_refused_with_reasons(engine):
         engine.generate([[1] * 1000], SamplingParams(max_tokens=100))
     with pytest.raises(ValueError, match="top_p must be in"):
         SamplingParams(top_p=0)
+
+
+def test_length_buckets_group_similar_prompts_and_keep_every_index():
+    from k2core.infer.engine import length_buckets
+
+    lengths = [1000, 120, 980, 130, 990, 125, 2000]
+    batches = length_buckets(lengths, max_batch=8, max_padding=0.15)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert [sorted(b) for b in batches] == [[6], [0, 2, 4], [1, 3, 5]]       # longest first, similar together
+    for b in batches:                                                        # padding within the bound
+        assert max(lengths[i] for i in b) * len(b) <= 1.15 * sum(lengths[i] for i in b)
+    assert length_buckets([5] * 10, max_batch=4) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
