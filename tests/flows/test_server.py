@@ -24,7 +24,11 @@ ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = ROOT / "test-artifacts" / "ui"
 # small but real: the tiny profile, fewer documents and steps
 SMALL = ["ingest.max_docs=300", "pretrain.steps=30", "pretrain.eval_every=10", "pretrain.min_loss_drop=0.1",
-         "curate.dask_workers=1", "rephrase.enabled=false"]     # (rephrase: tests/k2core/data/test_rephrase.py)
+         "curate.dask_workers=1", "rephrase.enabled=false",     # (rephrase: tests/k2core/data/test_rephrase.py)
+         "tools.synthetic.count=4", "synthesize.tasks_per_domain=6", "synthesize.coding_tasks=2",
+         "synthesize.db_size=8", "synthesize.judge_sample=4", "synthesize.live.episodes=4",
+         "synthesize.live.max_turns=2", "synthesize.live.max_tokens=32", "synthesize.live.simulated_tasks=0"]
+STAGES = ["ingest", "curate", "rephrase", "tokenize", "pretrain", "tools", "synthesize"]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
@@ -123,7 +127,7 @@ def test_deployments_schedule_and_typed_parameters(server):
         assert cfg["store"]["uri"] == str(server["store"]) and cfg["ingest"]["max_docs"] == 300
         schema = dep.parameter_openapi_schema
         assert "config" in schema["properties"] and schema["definitions"]["PretrainConfig"]["properties"]["steps"]
-        for stage in ("ingest", "curate", "rephrase", "tokenize", "pretrain"):
+        for stage in STAGES:
             assert c.read_deployment_by_name(f"{stage}/on-demand").work_pool_name == "k2-process"
         # an invalid value is refused by the server before anything runs
         bad = {**cfg, "pretrain": {**cfg["pretrain"], "steps": 0}}
@@ -142,13 +146,14 @@ def test_pipeline_deployment_runs_on_the_worker_then_a_nightly_rerun_is_incremen
     fr = _wait(api, fr.id)
     assert fr.state.is_completed(), (fr.state.message, (server["tmp"] / "worker.log").read_text()[-4000:])
     kids = {k.flow_id: k for k in _children(api, fr.id)}
-    assert len(kids) == 5 and all(k.state.is_completed() for k in kids.values())
+    assert len(kids) == len(STAGES) and all(k.state.is_completed() for k in kids.values())
     with _client(api) as c:
         names = {c.read_flow(k.flow_id).name for k in kids.values()}
         keys = {a.key for a in c.read_artifacts(artifact_filter=ArtifactFilter(
             flow_run_id=ArtifactFilterFlowRunId(any_=[k.id for k in kids.values()])))}
-    assert names == {"ingest", "curate", "rephrase", "tokenize", "pretrain"}
-    assert {"k2-pretrain-summary", "k2-pretrain-gate", "k2-pretrain-plots", "k2-ingest-summary"} <= keys
+    assert names == set(STAGES)
+    assert {"k2-pretrain-summary", "k2-pretrain-gate", "k2-pretrain-plots", "k2-ingest-summary",
+            "k2-tools-summary", "k2-synthesize-gate", "k2-synthesize-plots"} <= keys
     # a configured server keeps Prefect's flow heartbeats on the pipeline flow; its stage flows,
     # in the same process, send none (each heartbeat thread costs up to 1 s to join)
     assert "prefect.flow-run.heartbeat" in flow_run_events(api, fr.id, until="prefect.flow-run.heartbeat")
@@ -157,7 +162,10 @@ def test_pipeline_deployment_runs_on_the_worker_then_a_nightly_rerun_is_incremen
         assert "prefect.flow-run.Completed" in events and "prefect.flow-run.heartbeat" not in events, events
     store = open_store(str(server["store"]))
     [rec] = [r for r in list_runs(store) if r.flow_run_id == str(fr.id)]
-    assert rec.status == "completed" and [s.status for s in rec.stages] == ["computed"] * 5
+    assert rec.status == "completed" and [s.status for s in rec.stages] == ["computed"] * len(STAGES)
+    m = rec.stage("tools").metrics                          # the real MCP servers were harvested by the worker
+    assert m["per_source"]["mcp:time"] == 2 and m["per_source"]["mcp:git"] == 12 and m["servers_failed"] == 0
+    assert rec.stage("synthesize").metrics["per_origin"]["blueprint"] > 0
 
     # the nightly schedule's next run, now: nothing changed -> every stage a cache hit; then a
     # changed pretrain setting recomputes pretrain alone, and the record says why
@@ -168,14 +176,16 @@ def test_pipeline_deployment_runs_on_the_worker_then_a_nightly_rerun_is_incremen
     again = _wait(api, again.id)
     assert again.state.is_completed()
     [rec] = [r for r in list_runs(store) if r.flow_run_id == str(again.id)]
-    assert [s.status for s in rec.stages] == ["cache_hit"] * 5
+    assert [s.status for s in rec.stages] == ["cache_hit"] * len(STAGES)
     with _client(api) as c:
         third = c.create_flow_run_from_deployment(dep.id, parameters={"config": changed})
     third = _wait(api, third.id)
     assert third.state.is_completed()
     [rec] = [r for r in list_runs(store) if r.flow_run_id == str(third.id)]
-    assert [s.status for s in rec.stages] == ["cache_hit"] * 4 + ["computed"]
-    assert rec.stages[-1].reason == "config changed: pretrain.steps"
+    # pretrain recomputes, and the stages that take its model (tools, synthesize) with it
+    assert [s.status for s in rec.stages] == ["cache_hit"] * 4 + ["computed"] * 3
+    assert rec.stage("pretrain").reason == "config changed: pretrain.steps"
+    assert rec.stage("synthesize").reason == "new input: pretrain, tools"
 
 
 def test_ui_in_chromium_shows_the_schedule_and_runs_a_changed_parameter(server):
@@ -233,6 +243,14 @@ def test_ui_in_chromium_shows_the_schedule_and_runs_a_changed_parameter(server):
             expect(img).to_be_visible()
             assert img.evaluate("e => e.naturalWidth") > 500
             page.screenshot(path=str(SCREENSHOTS / "loss-curve.png"))
+            synth = next(k for k in _children(server["api"], fr.id) if _flow_name(server, k) == "synthesize")
+            page.goto(f"{url}/runs/flow-run/{synth.id}", wait_until="networkidle")
+            page.get_by_role("tab", name="Artifacts").or_(page.get_by_text("Artifacts", exact=True)).first.click()
+            page.get_by_text("k2-synthesize-plots").first.click()     # trajectories per domain / verdict, turns, tokens
+            img = page.locator("img[alt='synthesize.png']")
+            expect(img).to_be_visible()
+            assert img.evaluate("e => e.naturalWidth") > 500
+            page.screenshot(path=str(SCREENSHOTS / "synthesize.png"))
         except Exception as e:
             page.screenshot(path=str(SCREENSHOTS / "failure.png"))
             raise AssertionError(f"{e}\nfailed API calls from the UI: {failures}") from e
