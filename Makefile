@@ -51,13 +51,17 @@ demo: $(STAMP)
 	@echo
 	@echo "Results are in ./k2-store (artifacts/, runs/). The trained model, its loss / max-logit / expert-load"
 	@echo "plots and telemetry:  ls ./k2-store/artifacts/pretrain/*/  (model/, training.png, telemetry.parquet)"
-	@echo "Try:  $(BIN)/k2 show pretrain  |  $(BIN)/k2 lineage pretrain  |  $(BIN)/k2 generate --checkpoint ./k2-store/artifacts/pretrain/*/model --prompt 'def ' --greedy"
+	@echo "Agentic data: ./k2-store/artifacts/tools/*/ (the tool repository, tools.png) and ./k2-store/artifacts/synthesize/*/"
+	@echo "(trajectories, tau2-shaped tasks/, synthesize.png). Blueprint trajectories are constructed from verified gold actions;"
+	@echo "the tiny model's live rollouts and judgements fail nearly always, and the metrics say so."
+	@echo "Try:  $(BIN)/k2 show pretrain  |  $(BIN)/k2 show synthesize  |  $(BIN)/k2 lineage synthesize  |  $(BIN)/k2 mcp serve retail"
+	@echo "      $(BIN)/k2 generate --checkpoint ./k2-store/artifacts/pretrain/*/model --prompt 'def ' --greedy"
 
 # The full suite, slow tests and the vLLM parity test included (K2_REQUIRE_VLLM: fail, never skip).
 # The two venvs and the system packages are set up side by side; pytest-xdist runs the tests in
 # TEST_WORKERS processes (a test module stays on one worker, so its fixtures start once).
 TEST_WORKERS ?= 2
-PYTEST := $(BIN)/python -m pytest -q -ra -n $(TEST_WORKERS) --dist loadscope
+PYTEST := $(BIN)/python -m pytest -q -ra -n $(TEST_WORKERS) --dist loadscope --durations=15
 test:
 	@$(MAKE) --no-print-directory -j3 venv vllm-env sysdeps
 	K2_VLLM_PYTHON=$(abspath $(VLLM_VENV))/bin/python K2_REQUIRE_VLLM=1 $(PYTEST)

@@ -182,7 +182,7 @@ def synthetic_rate(checkpoint: str, count: int) -> dict:
                 ok += T.check(T.normalise(p["raw"])) is None
             except ValueError:
                 pass
-    calls = stats["domain_calls"] + stats["tool_calls"]
+    calls = stats["category_calls"] + stats["domain_calls"] + stats["tool_calls"]
     return {"teacher": checkpoint, "proposals": len(proposals), "teacher_calls": calls, "valid": ok,
             "accepted_per_call": round(ok / calls, 4) if calls else None, "seconds": round(s, 2)}
 

@@ -309,11 +309,13 @@ class SyntheticToolsConfig(Section):
     count: int = Field(64, ge=0, description="tool proposals asked of the teacher (K2 used 20,000); 0 = none")
     categories: list[str] = Field(default_factory=lambda: [
         "finance", "travel", "weather", "e-commerce", "health", "education", "productivity", "social media",
-        "developer tools", "maps", "music", "sports"], description="top-level categories the teacher expands")
+        "developer tools", "maps", "music", "sports"], description="top-level categories the teacher expands; "
+                                                                     "empty: the teacher names them too")
     domains_per_category: int = Field(3, ge=1)
     batch: int = Field(32, ge=1, description="tool proposals per teacher call batch")
     teacher: ModelRef = Field(default_factory=ModelRef, description="unset: this run's pretrain model")
-    prompts_dir: str | None = Field(None, description="a directory with domains.txt / tool.txt overriding the built-in")
+    prompts_dir: str | None = Field(None, description="a directory with categories.txt / domains.txt / tool.txt "
+                                                      "overriding the built-in prompts")
     max_tokens: int = Field(192, ge=16)
     temperature: float = Field(0.8, ge=0.0)
     seed: int = 0

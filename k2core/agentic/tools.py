@@ -8,9 +8,10 @@ Sources, in priority order (an earlier source wins a duplicate):
    [...]}``) and OpenAI function schemas (``{"type": "function", "function": {...}}`` or the bare
    function object), as a JSON list / object or JSON Lines.
 3. **Synthetic tools** by hierarchical evolution with the teacher (same engine interface as
-   rephrasing): categories (``tools.synthetic.categories``) → application domains (prompt
-   ``domains.txt``) → tools with name, description, parameters and returns (prompt ``tool.txt``),
-   until ``tools.synthetic.count`` proposals.
+   rephrasing): categories (``tools.synthetic.categories``, or, when that list is empty, named
+   by the teacher: prompt ``categories.txt``) → application domains (prompt ``domains.txt``) →
+   tools with name, description, parameters and returns (prompt ``tool.txt``), until
+   ``tools.synthetic.count`` proposals.
 
 Every tool is normalised to the OpenAI function schema (MCP's ``inputSchema``, ``outputSchema`` and
 ``annotations`` kept), validated with ``jsonschema`` (the parameters against the meta-schema and an
@@ -196,6 +197,12 @@ def first_json_object(text: str) -> Any:
     raise json.JSONDecodeError("unterminated object", text, len(text))
 
 
+def _names(text: str) -> list[str]:
+    """The distinct list items of a generated list that look like names ("- flight booking")."""
+    lines = [x.strip(" -*\t") for x in (" " + text).splitlines()]
+    return list(dict.fromkeys(x for x in lines if 2 <= len(x) <= 60 and re.fullmatch(r"[A-Za-z][A-Za-z0-9 &/'-]*", x)))
+
+
 def evolve(llm, cfg, log) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Hierarchical evolution: categories -> domains (one batched call) -> tools (batched calls
     until `count` proposals). Returns raw proposals (with category / domain, or a parse error)
@@ -203,15 +210,20 @@ def evolve(llm, cfg, log) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     from k2core.infer.llm import TextParams
 
     domains_t, tool_t = _template(cfg, "domains"), _template(cfg, "tool")
-    cats = list(cfg.categories)
     params = TextParams(max_tokens=48, temperature=cfg.temperature, top_p=0.95, seed=cfg.seed, stop=["\n\n", "Category:"])
-    outs = llm.generate([domains_t.safe_substitute(category=c) for c in cats], params, progress=False)
+    category_calls = 0
+    if cfg.categories:
+        cats = list(cfg.categories)
+    else:                                  # the teacher names the categories too
+        [o] = llm.generate([_template(cfg, "categories").safe_substitute()], params, progress=False)
+        category_calls = 1
+        cats = _names(o.text)[:16]
+    outs = llm.generate([domains_t.safe_substitute(category=c) for c in cats], params, progress=False) if cats else []
     pairs: list[tuple[str, str]] = []
     for c, o in zip(cats, outs):
-        lines = [x.strip(" -*\t") for x in (" " + o.text).splitlines()]
-        names = [x for x in lines if 2 <= len(x) <= 60 and re.fullmatch(r"[A-Za-z][A-Za-z0-9 &/'-]*", x)]
-        pairs += [(c, d.lower()) for d in dict.fromkeys(names)][: cfg.domains_per_category]
-    stats = {"domain_calls": len(cats), "domains": len(pairs), "tool_calls": 0}
+        pairs += [(c, d.lower()) for d in _names(o.text)][: cfg.domains_per_category]
+    stats = {"category_calls": category_calls, "categories": len(cats), "domain_calls": len(cats),
+             "domains": len(pairs), "tool_calls": 0}
     if not pairs:
         log(f"tools: the teacher named no usable application domain for {len(cats)} categories")
         return [], stats
@@ -368,7 +380,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
               "teacher": teacher_stats}
     (ctx.workdir / "report.json").write_text(json.dumps(report, indent=1))
     plot(per_source, per_category, reasons, ctx.workdir / "tools.png")
-    calls = teacher_stats.get("tool_calls", 0)
+    calls = sum(teacher_stats.get(k, 0) for k in ("category_calls", "domain_calls", "tool_calls"))
     return {"tools": len(rows), "mcp_tools": mcp_tools, "file_tools": sum(n for s, n in per_source.items()
                                                                           if s.startswith("file:")),
             "synthetic_tools": synthetic_ok, "servers": len(servers_report), "servers_ok": servers_ok,

@@ -18,9 +18,10 @@ def corpus(tmp_path):
 
 
 def test_select_stages(toy_stages):
-    assert select_stages(None)[:6] == ["ingest", "curate", "rephrase", "tokenize", "pretrain", "toy_wc"]
-    assert select_stages("ingest..toy_strict") == ["ingest", "curate", "rephrase", "tokenize", "pretrain", "toy_wc",
-                                                   "toy_strict"]
+    built_in = ["ingest", "curate", "rephrase", "tokenize", "pretrain", "tools", "synthesize"]
+    assert select_stages(None)[:8] == [*built_in, "toy_wc"]
+    assert select_stages("ingest..toy_strict") == [*built_in, "toy_wc", "toy_strict"]
+    assert select_stages("pretrain..synthesize") == ["pretrain", "tools", "synthesize"]
     assert select_stages("toy_strict,ingest") == ["ingest", "toy_strict"]
     assert select_stages("toy_wc..") == ["toy_wc", "toy_strict", "toy_after"]
     with pytest.raises(K2Error, match="unknown stage 'nope'"):

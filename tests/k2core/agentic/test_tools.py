@@ -105,3 +105,40 @@ def test_an_empty_repository_fails_the_gate(pretrained):
     with pytest.raises(GateFailed, match="tools"):
         run_stage(pretrained, "tools", ['tools.mcp_servers=[{"name": "dies", "command": "false"}]',
                                         "tools.synthetic.count=0"])
+
+
+def test_hierarchical_evolution_with_a_scripted_teacher():
+    """categories -> domains -> tools, each level one batched call; the proposals parse from the
+    teacher's continuation of `{"name": "`; the count is honoured. (A scripted LLM: a test double.)"""
+    from k2core.config import SyntheticToolsConfig
+    from k2core.infer.llm import LLM, Completion
+
+    tool = 'get_rate", "description": "FX rate.", "parameters": {"type": "object", "properties": {}}} then junk'
+
+    class Teacher(LLM):
+        backend, model = "scripted", "t"
+
+        def __init__(self):
+            self.calls = []
+
+        def generate(self, prompts, params=None, progress=True):
+            self.calls.append(len(prompts))
+            out = []
+            for p in prompts:
+                if p.startswith("Top-level"):
+                    out.append(" banking\n- shipping\n- 123 not a name!\n")
+                elif p.startswith("Software products"):
+                    out.append(" currency exchange\n- payments\n")
+                else:
+                    out.append(tool if "payments" not in p else "oops no json")
+            return [Completion(t, "stop", 1, 1) for t in out]
+
+    t = Teacher()
+    cfg = SyntheticToolsConfig(count=5, categories=[], domains_per_category=2, batch=4)
+    proposals, stats = T.evolve(t, cfg, lambda *_: None)
+    assert stats["categories"] == 2 and stats["domains"] == 4 and stats["tool_calls"] == 5 and t.calls == [1, 2, 4, 1]
+    assert len(proposals) == 5
+    good = [p for p in proposals if "raw" in p]
+    bad = [p for p in proposals if "error" in p]
+    assert good and bad and all(T.check(T.normalise(p["raw"])) is None for p in good)
+    assert {p["category"] for p in proposals} <= {"banking", "shipping"}
