@@ -121,10 +121,11 @@ async def _harvest_one(server: dict[str, Any], timeout: float, max_pages: int) -
                 transport = streamable_http_client(server["url"])
             else:
                 env = {**os.environ, **(server.get("env") or {})}
-                command = server.get("command") or ""
+                command, args = server.get("command") or "", list(server.get("args") or [])
                 resolved = shutil.which(command) or shutil.which(command, path=os.path.dirname(sys.executable))
-                params = StdioServerParameters(command=resolved or command, args=list(server.get("args") or []),
-                                               env=env)
+                if resolved is None and command == "k2":      # k2 itself, not installed as a script
+                    resolved, args = sys.executable, ["-m", "flows.cli", *args]
+                params = StdioServerParameters(command=resolved or command, args=args, env=env)
                 transport = stdio_client(params, errlog=open(os.devnull, "w"))
             async with transport as streams:
                 read, write = streams[0], streams[1]
