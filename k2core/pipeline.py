@@ -78,7 +78,8 @@ REPHRASE = register(StageSpec(
 TOKENIZE = register(StageSpec(
     name="tokenize", section="tokenize", inputs=("curate", "rephrase"),
     run="k2core.data.tokenize:run", suite=tokenize_suite, code_version="1",
-    gate_frame="k2core.data.tokenize:gate_frame", modules=("k2core.data.tokenize", "k2core.text.special_tokens"),
+    gate_frame="k2core.data.tokenize:gate_frame", modules=("k2core.data.tokenize", "k2core.text.special_tokens",
+                                                           "k2core.text.chat_template"),
     description="byte-level BPE tokenizer (K2 chat tokens reserved) + packed token shards + validation shard",
 ))
 

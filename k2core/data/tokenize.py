@@ -48,9 +48,12 @@ def save_tokenizer(tok, out: Path, seq_len: int) -> None:
     specials = {"eos_token": EOS, "pad_token": PAD, "bos_token": None,
                 "additional_special_tokens": SPECIAL_TOKENS[2:]}
     (out / "special_tokens_map.json").write_text(json.dumps(specials, indent=1))
+    from k2core.text.chat_template import CHAT_TEMPLATE
+
+    # the chat template renders what k2core.text.chat renders (tested on every synthesized trajectory)
     (out / "tokenizer_config.json").write_text(json.dumps(
         {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": seq_len, "clean_up_tokenization_spaces": False,
-         **specials}, indent=1))
+         **specials, "chat_template": CHAT_TEMPLATE}, indent=1))
 
 
 def run(ctx: StageContext) -> dict[str, Any]:

@@ -16,10 +16,11 @@ deep-sorts them), serialised as Jinja's ``tojson`` does (``ensure_ascii=False``)
 template can render the same bytes. Tool-call ids are ``functions.NAME:IDX`` with IDX counting
 calls over the whole conversation (:func:`call_id`).
 
-The parser follows vLLM's ``kimi_k2`` tool parser, with one deliberate difference: vLLM keeps only
-the part of a tool name after its last dot (``math.add`` -> ``add``); k2 keeps the full name
-(BFCL's names contain dots). Like sglang's and mlx-lm's parsers it accepts the singular
-``<|tool_call_section_begin|>`` and a missing section end (a truncated generation).
+The parser agrees with vLLM 0.32's ``kimi_k2`` tool parser on the same text (tested: no-call turns,
+parallel calls, unicode and nested JSON arguments, dotted names, truncation). It keeps a dotted
+tool name whole (``math.add``, as BFCL's names are), as vLLM 0.32 does; vLLM's older
+``kimi_k2_tool_parser.py`` kept only the part after the last dot (``add``). Like sglang's and
+mlx-lm's parsers it also accepts the singular ``<|tool_call_section_begin|>``.
 
 Only this module knows the layout: synthesis, SFT, serving, RL and evaluation all call it.
 """
@@ -33,8 +34,7 @@ from typing import Any, Iterable
 from k2core.text.special_tokens import (IM_ASSISTANT, IM_END, IM_MIDDLE, IM_SYSTEM, IM_USER, TOOL_CALL_ARGUMENT_BEGIN,
                                         TOOL_CALL_BEGIN, TOOL_CALL_END, TOOL_CALLS_BEGIN, TOOL_CALLS_END)
 
-DEFAULT_SYSTEM = "You are a helpful assistant"
-GENERATION_PROMPT = f"{IM_ASSISTANT}assistant{IM_MIDDLE}"
+from k2core.text.chat_template import CHAT_TEMPLATE, DEFAULT_SYSTEM, GENERATION_PROMPT  # noqa: F401 (re-exported)
 STOP = [IM_END]                                  # an assistant turn ends here
 _OPEN = {"system": IM_SYSTEM, "user": IM_USER, "assistant": IM_ASSISTANT, "tool": IM_SYSTEM}
 ROLES = tuple(_OPEN)
@@ -161,9 +161,9 @@ _CALL = re.compile(re.escape(TOOL_CALL_BEGIN) + r"\s*(?P<id>[^<]+:\d+)\s*" + re.
 
 
 def tool_name(cid: str) -> str:
-    """``functions.math.add:3`` -> ``math.add`` (vLLM would say ``add``)."""
-    name = cid.rsplit(":", 1)[0].strip()
-    return name[len("functions."):] if name.startswith("functions.") else name
+    """``functions.math.add:3`` -> ``math.add``: the id up to its first colon, without the
+    ``functions.`` prefix (vLLM 0.32's parser does the same; older vLLM parsers kept only ``add``)."""
+    return cid.split(":", 1)[0].strip().removeprefix("functions.")
 
 
 def parse(text: str) -> dict[str, Any]:

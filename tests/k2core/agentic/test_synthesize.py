@@ -65,6 +65,13 @@ def test_kept_trajectories_are_well_formed_and_round_trip(synthesized):
         assert len(tok.encode(s, add_special_tokens=False).ids) == 1
     rows = S.read_trajectories(art)
     assert rows and all(r["verdict"] == "success" for r in rows)
+    from transformers import AutoTokenizer
+
+    model_dir = store.artifact("pretrain", out.manifest["inputs"]["pretrain"]["version"]).path("model/config.json").parent
+    hf = AutoTokenizer.from_pretrained(str(model_dir))                  # the checkpoint's chat template
+    for r in rows:
+        assert hf.apply_chat_template(r["messages"], tools=r["tools"], tokenize=False) == \
+            chat.render(r["messages"], r["tools"])
     assert {r["origin"] for r in rows} >= {"blueprint"} and all(r["constructed"] == (r["origin"] == "blueprint") for r in rows)
     shapes = set()
     for r in rows:

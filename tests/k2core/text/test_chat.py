@@ -117,3 +117,79 @@ def test_check_conversation_finds_each_problem():
     assert "before any user turn" in " ".join(chat.check_conversation([good[0], good[4]]))
     with pytest.raises(chat.ChatFormatError, match="role 'robot'"):
         chat.render([{"role": "robot", "content": "x"}])
+
+
+def _hf_tokenizer(tmp_path):
+    from transformers import AutoTokenizer
+
+    from k2core.data.tokenize import save_tokenizer, train_tokenizer
+
+    tok = train_tokenizer(["Weather in Paris? Sunny and warm. functions get weather city"] * 50, 400, 1)
+    save_tokenizer(tok, tmp_path / "tok", seq_len=128)
+    return AutoTokenizer.from_pretrained(str(tmp_path / "tok")), tok
+
+
+def test_the_checkpoint_chat_template_renders_what_k2_renders(tmp_path):
+    """transformers' apply_chat_template with the template k2 writes into tokenizer_config.json."""
+    hf, tok = _hf_tokenizer(tmp_path)
+    convs = [[{"role": "user", "content": "Weather in Paris?"}, *SHAPES[1:2],
+              {"role": "tool", "name": "get_weather", "tool_call_id": "functions.get_weather:0", "content": "sunny"},
+              {"role": "assistant", "content": "Sunny."}],
+             [{"role": "system", "content": "Be brief."}, {"role": "user", "content": [{"type": "text", "text": "part"}]},
+              *SHAPES[2:5], SHAPES[0]],
+             [{"role": "user", "content": "  leading spaces and\nnewlines  "}, SHAPES[5]]]
+    for msgs in convs:
+        for tools in ([WEATHER], None):
+            for gen in (True, False):
+                ours = chat.render(msgs, tools, add_generation_prompt=gen)
+                theirs = hf.apply_chat_template(msgs, tools=tools, add_generation_prompt=gen, tokenize=False)
+                assert theirs == ours
+    # dict arguments (not yet JSON text) render like transformers' tojson
+    dict_args = [{"role": "user", "content": "q"}, {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "functions.f:0", "type": "function", "function": {"name": "f", "arguments": {"b": 1, "a": "é"}}}]}]
+    assert hf.apply_chat_template(dict_args, tokenize=False) == chat.render(dict_args)
+    # every special token is one token of the checkpoint's tokenizer, and ids agree
+    text = chat.render(convs[0], [WEATHER], add_generation_prompt=True)
+    assert hf(text, add_special_tokens=False)["input_ids"] == tok.encode(text, add_special_tokens=False).ids
+
+
+VLLM_CASES = [
+    "Just text, no call.",
+    "",
+    "<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0<|tool_call_argument_begin|>"
+    '{"city": "Paris"}<|tool_call_end|><|tool_calls_section_end|>',
+    "Checking both.<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:3<|tool_call_argument_begin|>"
+    '{"city": "Zürich"}<|tool_call_end|><|tool_call_begin|>functions.get_weather:4<|tool_call_argument_begin|>'
+    '{"city": "東京"}<|tool_call_end|><|tool_calls_section_end|>',
+    "<|tool_calls_section_begin|><|tool_call_begin|>functions.math.add:0<|tool_call_argument_begin|>"
+    '{"a": {"b": [1, 2, {"c": null}]}, "s": "x>y"}<|tool_call_end|><|tool_calls_section_end|>',
+    "<|tool_calls_section_begin|><|tool_call_begin|>functions.noargs:1<|tool_call_argument_begin|>{}<|tool_call_end|>",
+    "<|tool_calls_section_begin|><|tool_call_begin|>functions.f:0<|tool_call_argument_begin|>{not json}"
+    "<|tool_call_end|><|tool_calls_section_end|>",
+]
+
+
+@pytest.mark.slow
+def test_parser_agrees_with_vllms_kimi_k2_parser(tmp_path):
+    """The same generated texts through vLLM 0.32's kimi_k2 tool parser (in vLLM's environment,
+    with a k2 tokenizer) and through k2's parser: same content, ids, names and argument strings.
+    Texts come from k2's renderer for real message shapes, plus raw edge cases."""
+    import subprocess
+    from pathlib import Path
+
+    from tests.k2core.model.test_vllm import vllm_python
+
+    _hf_tokenizer(tmp_path)
+    rendered = [chat.render([m]).split(chat.GENERATION_PROMPT, 1)[1].removesuffix("<|im_end|>") for m in SHAPES]
+    texts = rendered + VLLM_CASES
+    p = subprocess.run([vllm_python(), str(Path(__file__).with_name("vllm_parse.py")), str(tmp_path / "tok")],
+                       input=json.dumps(texts), capture_output=True, text=True, timeout=300)
+    line = next((x for x in p.stdout.splitlines() if x.startswith("K2PARSE ")), None)
+    assert line, p.stderr[-3000:]
+    for text, v in zip(texts, json.loads(line[8:])):
+        ours = chat.parse(text)
+        calls = [{"id": c["id"], "name": c["function"]["name"], "arguments": c["function"]["arguments"]}
+                 for c in ours.get("tool_calls") or []]
+        assert calls == v["calls"], text
+        assert bool(calls) == v["tools_called"]
+        assert (ours["content"] or None) == (v["content"] or None), text
