@@ -139,7 +139,8 @@ def register(sub) -> None:
     sp.set_defaults(func=cmd_generate)
 
 
-    sp = sub.add_parser("serve", help="an OpenAI-compatible server (/v1/completions) over a checkpoint")
+    sp = sub.add_parser("serve", help="an OpenAI-compatible server (/v1/completions, /v1/chat/completions with "
+                                         "tools) over a checkpoint")
     sp.add_argument("--checkpoint", required=True, metavar="DIR", help="a k2 checkpoint with tokenizer.json")
     sp.add_argument("--host", default="127.0.0.1")
     sp.add_argument("--port", type=int, default=8000)

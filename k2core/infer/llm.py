@@ -169,6 +169,60 @@ class NativeLLM(_CheckpointLLM):
         return [self._completion(x, g.token_ids, g.finish_reason, params) for x, g in zip(ids, gens)]
 
 
+    def stream(self, prompt: str, params: TextParams | None = None):
+        """Generate for one prompt, yielding text pieces as tokens arrive (stop strings cut the
+        end); the last item is the :class:`Completion`."""
+        from k2core.infer import SamplingParams
+
+        params = params or TextParams()
+        ids = self._encode([prompt])[0]
+        sp = SamplingParams(max_tokens=params.max_tokens, temperature=params.temperature, top_p=params.top_p,
+                            seed=params.seed, stop_token_ids=self._stop_ids(params))
+        q: queue.Queue = queue.Queue()
+        result: dict = {}
+
+        def work() -> None:
+            try:
+                with self._lock:
+                    result["gen"] = self.engine.generate([ids], sp, on_token=lambda t, nxt: q.put(int(nxt[0])),
+                                                         progress=False)[0]
+            except Exception as e:  # noqa: BLE001 — re-raised in the caller's thread
+                result["error"] = e
+            q.put(None)
+        threading.Thread(target=work, daemon=True).start()
+        stops = set(self._stop_ids(params))
+        toks: list[int] = []
+        sent = ""
+        ended = False
+        while not ended:
+            tok = q.get()
+            if tok is None:
+                ended = True
+                break
+            if tok in stops:
+                continue
+            toks.append(tok)
+            text = self.tokenizer.decode(toks, skip_special_tokens=not params.keep_special)
+            cut, stopped = cut_at_stop(text, params.stop)
+            # hold back a tail that may still become a stop string or an incomplete character
+            safe = cut if stopped else cut[:max(len(sent), len(cut) - max((len(x) for x in params.stop), default=0))]
+            if safe.endswith("\ufffd"):
+                safe = safe[:-1]
+            if len(safe) > len(sent):
+                yield safe[len(sent):]
+                sent = safe
+            if stopped:
+                break
+        while not ended and q.get() is not None:   # drain: a stop string ended the text before the engine did
+            pass
+        if "error" in result:
+            raise LLMError(f"native engine: {result['error']}")
+        final = self._completion(ids, result["gen"].token_ids, result["gen"].finish_reason, params)
+        if len(final.text) > len(sent):
+            yield final.text[len(sent):]
+        yield final
+
+
 # ---------------------------------------------------------------------------- vllm
 def vllm_python() -> Path | None:
     """The vLLM environment's Python: ``$K2_VLLM_PYTHON``, else ``.venv-vllm`` (``make vllm-env``)
