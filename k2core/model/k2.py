@@ -118,7 +118,8 @@ class MLA(nn.Module):
         return self.q_proj(x)
 
     def forward(self, x_BTH: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                cache: "LayerCache | None" = None, want_max_logit: bool = False):
+                cache: "LayerCache | None" = None, want_max_logit: bool = False,
+                mask_BTT: torch.Tensor | None = None):
         B, T, _ = x_BTH.shape
         if self._fused_a is not None and not torch.is_grad_enabled():
             qa, kv_a = F.linear(x_BTH, self._fused_a).split([self.cfg.q_lora_rank, self.kv_lora_rank + self.dr], -1)
@@ -136,8 +137,8 @@ class MLA(nn.Module):
                 out = self._absorbed(q_nope, q_rope, kv_BSX, mask_BTS)
                 return self.o_proj(out.reshape(B, T, -1)), None
             c_BSC, k_rope_BSD = kv_BSX.split([self.kv_lora_rank, self.dr], dim=-1)
-        else:
-            c_BSC, k_rope_BSD, mask_BTS = c_BTC, k_rope_BTD, None
+        else:   # mask_BTT: packed sequences (causal within each segment); None: plain causal
+            c_BSC, k_rope_BSD, mask_BTS = c_BTC, k_rope_BTD, mask_BTT
         S = c_BSC.shape[1]
         kv = self.kv_b_proj(c_BSC).view(B, S, self.num_heads, self.dn + self.dv)
         k_nope, v_BSND = kv.split([self.dn, self.dv], dim=-1)
@@ -396,14 +397,24 @@ class Block(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x, cos, sin, cache=None, want_max_logit=False):
-        a, max_logit = self.self_attn(self.input_layernorm(x), cos, sin, cache, want_max_logit)
+    def forward(self, x, cos, sin, cache=None, want_max_logit=False, mask=None):
+        a, max_logit = self.self_attn(self.input_layernorm(x), cos, sin, cache, want_max_logit, mask)
         x = x + a
         if isinstance(self.mlp, MoE):
             m, aux = self.mlp(self.post_attention_layernorm(x))
         else:
             m, aux = self.mlp(self.post_attention_layernorm(x)), None
         return x + m, max_logit, aux
+
+
+def segment_positions(segment_ids: torch.Tensor) -> torch.Tensor:
+    """[B, T] positions that restart at 0 wherever the segment id changes."""
+    B, T = segment_ids.shape
+    idx = torch.arange(T, device=segment_ids.device)[None].expand(B, T)
+    starts = torch.ones_like(segment_ids, dtype=torch.bool)
+    starts[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
+    first = torch.where(starts, idx, torch.zeros_like(idx)).cummax(dim=1).values
+    return idx - first
 
 
 @dataclass
@@ -489,16 +500,29 @@ class K2ForCausalLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, *,
                 positions: torch.Tensor | None = None, cache: "KVCache | None" = None,
-                want_max_logits: bool = False, logits_to_keep: int = 0) -> K2Output:
+                want_max_logits: bool = False, logits_to_keep: int = 0,
+                segment_ids: torch.Tensor | None = None) -> K2Output:
+        """`segment_ids` [B, T] packs several sequences per row: a token attends only to earlier
+        tokens of its own segment, and positions restart at 0 in each segment (unless given) — a
+        packed conversation computes what it computes alone. Labels at a segment's first token
+        should be -100 (position t predicts labels[t + 1])."""
         B, T = input_ids.shape
         emb = self.model.embed_tokens
         x = _embed_eager(emb, input_ids) if torch.is_grad_enabled() else emb(input_ids)
+        mask = None
+        if segment_ids is not None:
+            if cache is not None:
+                raise ValueError("segment_ids (packed sequences) is for training / scoring, not with a cache")
+            same = segment_ids[:, :, None] == segment_ids[:, None, :]
+            mask = same & torch.ones(T, T, dtype=torch.bool, device=x.device).tril()[None]
+            if positions is None:
+                positions = segment_positions(segment_ids)
         if positions is None:
             positions = cache.positions(T) if cache is not None else torch.arange(T, device=x.device)[None].expand(B, T)
         cos, sin = self.rotary(positions, x.dtype)
         max_logits, aux_total = [], None
         for i, layer in enumerate(self.model.layers):
-            x, ml, aux = layer(x, cos, sin, cache.layer(i) if cache is not None else None, want_max_logits)
+            x, ml, aux = layer(x, cos, sin, cache.layer(i) if cache is not None else None, want_max_logits, mask)
             if ml is not None:
                 max_logits.append(ml)
             if aux is not None:
