@@ -54,7 +54,8 @@ demo: $(STAMP)
 	@echo "Agentic data: ./k2-store/artifacts/tools/*/ (the tool repository, tools.png) and ./k2-store/artifacts/synthesize/*/"
 	@echo "(trajectories, tau2-shaped tasks/, synthesize.png). Blueprint trajectories are constructed from verified gold actions;"
 	@echo "the tiny model's live rollouts and judgements fail nearly always, and the metrics say so."
-	@echo "Try:  $(BIN)/k2 show pretrain  |  $(BIN)/k2 show synthesize  |  $(BIN)/k2 lineage synthesize  |  $(BIN)/k2 mcp serve retail"
+	@echo "SFT: ./k2-store/artifacts/sft/*/ (model/ with the chat template, sft.png: loss and held-out tool use before / after)."
+	@echo "Try:  $(BIN)/k2 show pretrain  |  $(BIN)/k2 show synthesize  |  $(BIN)/k2 show sft  |  $(BIN)/k2 mcp serve retail"
 	@echo "      $(BIN)/k2 generate --checkpoint ./k2-store/artifacts/pretrain/*/model --prompt 'def ' --greedy"
 
 # The full suite, slow tests and the vLLM parity test included (K2_REQUIRE_VLLM: fail, never skip).

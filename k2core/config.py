@@ -235,6 +235,28 @@ class PretrainConfig(ModelInit, TrainConfig):
     min_loss_drop: float = Field(0.5, ge=0.0, description="gate: final val loss <= initial - this (nats)")
 
 
+class SFTConfig(TrainConfig):
+    """Synthesized trajectories -> the fine-tuned K2 model (the `sft` stage): assistant-only loss on
+    packed conversations, MuonClip through the shared loop; metrics before / after on held-out tasks."""
+
+    optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=1e-3))
+    steps: int = Field(200, ge=1)
+    micro_batch: int = Field(4, ge=1, description="packed rows per forward pass")
+    eval_every: int = Field(50, ge=1, description="held-out loss every N steps")
+    checkpoint_every: int = Field(50, ge=1, description="resumable checkpoint every N steps")
+    data_files: list[str] = Field(default_factory=list, description="extra OpenAI-messages JSONL files "
+                                                                    "({messages, tools} per line)")
+    seq_len: int = Field(4096, ge=64, description="tokens per packed row (a longer conversation is dropped)")
+    warmup_steps: int = Field(10, ge=0)
+    decay_fraction: float = Field(0.3, ge=0.0, le=1.0)
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)
+    eval_turns: int = Field(32, ge=1, description="held-out assistant turns with tool calls scored per model")
+    eval_tasks: int = Field(8, ge=0, description="held-out executable tasks the model plays as the agent")
+    eval_max_turns: int = Field(6, ge=1)
+    eval_max_tokens: int = Field(128, ge=8)
+    min_loss_drop: float = Field(0.0, description="gate: held-out loss must fall by at least this (nats)")
+
+
 class QKClipExperimentConfig(ModelInit):
     """`k2 experiment qk-clip`: the same small MLA model trained twice on the same byte-level text,
     with plain Muon and with MuonClip, at a learning rate high enough for attention logits to grow."""
@@ -397,6 +419,7 @@ class PipelineConfig(Section):
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     tools: ToolsConfig = Field(default_factory=ToolsConfig)
     synthesize: SynthesizeConfig = Field(default_factory=SynthesizeConfig)
+    sft: SFTConfig = Field(default_factory=SFTConfig)
 
 
 # ---------------------------------------------------------------------------- profiles
@@ -413,7 +436,9 @@ PROFILES: dict[str, dict[str, Any]] = {
                           "eval_every": 50, "checkpoint_every": 50, "optim": {"lr": 3e-3}},
              "tools": {"synthetic": {"count": 16, "batch": 16, "max_tokens": 128}},
              "synthesize": {"db_size": 20, "tasks_per_domain": 40, "coding_tasks": 10, "judge_sample": 16,
-                            "live": {"episodes": 16, "max_turns": 4, "max_tokens": 96, "simulated_tasks": 4}}},
+                            "live": {"episodes": 16, "max_turns": 4, "max_tokens": 96, "simulated_tasks": 4}},
+             "sft": {"steps": 40, "micro_batch": 2, "eval_every": 20, "checkpoint_every": 20, "eval_batches": 4,
+                     "eval_turns": 16, "eval_tasks": 4, "eval_max_turns": 3, "eval_max_tokens": 96}},
     "h200": {"ingest": {"max_docs": None},
              "pretrain": {"preset": "h200", "steps": 600, "micro_batch": 8, "grad_accum": 16, "warmup_steps": 30,
                           "eval_every": 100, "checkpoint_every": 250, "optim": {"lr": 1e-3}}},

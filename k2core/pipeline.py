@@ -1,6 +1,6 @@
 """The composition root: the built-in stage list, the registry, stage selection and planning.
 
-    ingest → curate → rephrase → tokenize → pretrain → tools → synthesize      (later issues append theirs)
+    ingest → curate → rephrase → tokenize → pretrain → tools → synthesize → sft      (later issues append theirs)
 
 A stage's code is referenced as "module:attribute" and imported when the stage runs, so listing
 and planning the pipeline (and a fully cached run) import no stage code. `plan` derives every
@@ -14,8 +14,8 @@ from k2core.errors import K2Error
 from k2core.runs import load_run
 from k2core.stage import PlannedStage, StageSpec, compute_version, resolve_ref
 from k2core.store import Store
-from schemas.suites import (curate_suite, ingest_suite, pretrain_suite, rephrase_suite, synthesize_suite, tokenize_suite,
-                            tools_suite)
+from schemas.suites import (curate_suite, ingest_suite, pretrain_suite, rephrase_suite, sft_suite, synthesize_suite,
+                            tokenize_suite, tools_suite)
 
 # ---------------------------------------------------------------------------- registry
 _REGISTRY: dict[str, StageSpec] = {}
@@ -113,6 +113,15 @@ SYNTHESIZE = register(StageSpec(
                 "only successes kept; train / heldout split",
 ))
 
+
+SFT = register(StageSpec(
+    name="sft", section="sft", inputs=("pretrain", "synthesize"),
+    run="k2core.train.sft:run", suite=sft_suite, code_version="1", gate_frame="k2core.train.sft:gate_frame",
+    modules=("k2core.train.sft", "k2core.train.sft_data", "k2core.train.loop", "k2core.model.k2", "k2core.text.chat",
+             "k2core.optim.muonclip"),
+    description="the pretrain model fine-tuned on synthesized trajectories (K2 chat format, assistant-only loss, "
+                "packed conversations, MuonClip); held-out tool use before / after",
+))
 
 # ---------------------------------------------------------------------------- selection and planning
 def select_stages(expr: str | None) -> list[str]:

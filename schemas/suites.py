@@ -148,3 +148,23 @@ def synthesize_suite(cfg: Any) -> dict[str, Any]:
             {"metric": "trajectories", "min": max(1, cfg.min_trajectories)},
         ],
     }
+
+
+def sft_suite(cfg: Any) -> dict[str, Any]:
+    """Telemetry rows: finite, falling held-out loss; the before / after metrics computed; no
+    held-out task among the training trajectories."""
+    return {
+        "name": "sft",
+        "columns": ["step", "loss"],
+        "expectations": [
+            {"type": "ExpectTableRowCountToBeBetween", "min_value": 1},
+            {"type": "ExpectColumnValuesToNotBeNull", "column": "loss"},
+        ],
+        "metric_checks": [
+            {"metric": "final_val_loss"},
+            {"metric": "val_loss_drop", "min": cfg.min_loss_drop},
+            {"metric": "nan_steps", "max": 0},
+            {"metric": "heldout_in_train", "max": 0},
+            {"metric": "metrics_computed", "min": 1},
+        ],
+    }

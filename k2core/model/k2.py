@@ -119,7 +119,7 @@ class MLA(nn.Module):
 
     def forward(self, x_BTH: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 cache: "LayerCache | None" = None, want_max_logit: bool = False,
-                mask_BTT: torch.Tensor | None = None):
+                spans: "list[tuple[int, int, int]] | None" = None):
         B, T, _ = x_BTH.shape
         if self._fused_a is not None and not torch.is_grad_enabled():
             qa, kv_a = F.linear(x_BTH, self._fused_a).split([self.cfg.q_lora_rank, self.kv_lora_rank + self.dr], -1)
@@ -137,8 +137,8 @@ class MLA(nn.Module):
                 out = self._absorbed(q_nope, q_rope, kv_BSX, mask_BTS)
                 return self.o_proj(out.reshape(B, T, -1)), None
             c_BSC, k_rope_BSD = kv_BSX.split([self.kv_lora_rank, self.dr], dim=-1)
-        else:   # mask_BTT: packed sequences (causal within each segment); None: plain causal
-            c_BSC, k_rope_BSD, mask_BTS = c_BTC, k_rope_BTD, mask_BTT
+        else:
+            c_BSC, k_rope_BSD, mask_BTS = c_BTC, k_rope_BTD, None
         S = c_BSC.shape[1]
         kv = self.kv_b_proj(c_BSC).view(B, S, self.num_heads, self.dn + self.dv)
         k_nope, v_BSND = kv.split([self.dn, self.dv], dim=-1)
@@ -146,6 +146,16 @@ class MLA(nn.Module):
         k = torch.cat([k_nope, k_rope_BSD[:, :, None].expand(B, S, self.num_heads, self.dr)],
                       dim=-1).transpose(1, 2)                                         # B N S Dqk
         v = v_BSND.transpose(1, 2)
+        if spans is not None:   # packed sequences: causal attention within each (row, start, end) span
+            out = torch.zeros_like(q[..., :v.shape[-1]])
+            max_logit = None
+            for b, a, e in spans:
+                qs, ks = q[b:b + 1, :, a:e], k[b:b + 1, :, a:e]
+                out[b:b + 1, :, a:e] = _sdpa(qs, ks, v[b:b + 1, :, a:e], None, self.scale)
+                if want_max_logit:
+                    m = self._max_logit(qs, ks, None)
+                    max_logit = m if max_logit is None else torch.maximum(max_logit, m)
+            return self.o_proj(out.transpose(1, 2).reshape(B, T, -1)), max_logit
         max_logit = self._max_logit(q, k, mask_BTS) if want_max_logit else None
         out = _sdpa(q, k, v, mask_BTS, self.scale)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, -1)), max_logit
@@ -397,14 +407,29 @@ class Block(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x, cos, sin, cache=None, want_max_logit=False, mask=None):
-        a, max_logit = self.self_attn(self.input_layernorm(x), cos, sin, cache, want_max_logit, mask)
+    def forward(self, x, cos, sin, cache=None, want_max_logit=False, spans=None):
+        a, max_logit = self.self_attn(self.input_layernorm(x), cos, sin, cache, want_max_logit, spans)
         x = x + a
         if isinstance(self.mlp, MoE):
             m, aux = self.mlp(self.post_attention_layernorm(x))
         else:
             m, aux = self.mlp(self.post_attention_layernorm(x)), None
         return x + m, max_logit, aux
+
+
+@torch.compiler.disable
+def segment_spans(segment_ids: torch.Tensor) -> list[tuple[int, int, int]]:
+    """(row, start, end) of every run of equal segment ids: each attends only within itself (one
+    causal attention per span: cost Σ len², no T×T mask)."""
+    seg = segment_ids.cpu()
+    B, T = seg.shape
+    change = torch.ones(B, T, dtype=torch.bool)
+    change[:, 1:] = seg[:, 1:] != seg[:, :-1]
+    out = []
+    for b in range(B):
+        starts = change[b].nonzero().flatten().tolist() + [T]
+        out += [(b, a, e) for a, e in zip(starts[:-1], starts[1:])]
+    return out
 
 
 def segment_positions(segment_ids: torch.Tensor) -> torch.Tensor:
@@ -509,12 +534,11 @@ class K2ForCausalLM(nn.Module):
         B, T = input_ids.shape
         emb = self.model.embed_tokens
         x = _embed_eager(emb, input_ids) if torch.is_grad_enabled() else emb(input_ids)
-        mask = None
+        spans = None
         if segment_ids is not None:
             if cache is not None:
                 raise ValueError("segment_ids (packed sequences) is for training / scoring, not with a cache")
-            same = segment_ids[:, :, None] == segment_ids[:, None, :]
-            mask = same & torch.ones(T, T, dtype=torch.bool, device=x.device).tril()[None]
+            spans = segment_spans(segment_ids)
             if positions is None:
                 positions = segment_positions(segment_ids)
         if positions is None:
@@ -522,7 +546,7 @@ class K2ForCausalLM(nn.Module):
         cos, sin = self.rotary(positions, x.dtype)
         max_logits, aux_total = [], None
         for i, layer in enumerate(self.model.layers):
-            x, ml, aux = layer(x, cos, sin, cache.layer(i) if cache is not None else None, want_max_logits, mask)
+            x, ml, aux = layer(x, cos, sin, cache.layer(i) if cache is not None else None, want_max_logits, spans)
             if ml is not None:
                 max_logits.append(ml)
             if aux is not None:

@@ -27,8 +27,10 @@ SMALL = ["ingest.max_docs=300", "pretrain.steps=30", "pretrain.eval_every=10", "
          "curate.dask_workers=1", "rephrase.enabled=false",     # (rephrase: tests/k2core/data/test_rephrase.py)
          "tools.synthetic.count=4", "synthesize.tasks_per_domain=6", "synthesize.coding_tasks=2",
          "synthesize.db_size=8", "synthesize.judge_sample=4", "synthesize.live.episodes=4",
-         "synthesize.live.max_turns=2", "synthesize.live.max_tokens=32", "synthesize.live.simulated_tasks=0"]
-STAGES = ["ingest", "curate", "rephrase", "tokenize", "pretrain", "tools", "synthesize"]
+         "synthesize.live.max_turns=2", "synthesize.live.max_tokens=32", "synthesize.live.simulated_tasks=0",
+         "sft.steps=4", "sft.micro_batch=1", "sft.eval_every=2", "sft.eval_batches=2", "sft.checkpoint_every=2",
+         "sft.warmup_steps=1", "sft.eval_turns=2", "sft.eval_tasks=1", "sft.eval_max_turns=1", "sft.eval_max_tokens=16"]
+STAGES = ["ingest", "curate", "rephrase", "tokenize", "pretrain", "tools", "synthesize", "sft"]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
@@ -182,8 +184,8 @@ def test_pipeline_deployment_runs_on_the_worker_then_a_nightly_rerun_is_incremen
     third = _wait(api, third.id)
     assert third.state.is_completed()
     [rec] = [r for r in list_runs(store) if r.flow_run_id == str(third.id)]
-    # pretrain recomputes, and the stages that take its model (tools, synthesize) with it
-    assert [s.status for s in rec.stages] == ["cache_hit"] * 4 + ["computed"] * 3
+    # pretrain recomputes, and the stages that take its model (tools, synthesize, sft) with it
+    assert [s.status for s in rec.stages] == ["cache_hit"] * 4 + ["computed"] * 4
     assert rec.stage("pretrain").reason == "config changed: pretrain.steps"
     assert rec.stage("synthesize").reason == "new input: pretrain, tools"
 

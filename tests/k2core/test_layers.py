@@ -20,9 +20,9 @@ FLOORS: list[tuple[str, ...]] = [
     ("k2core.stage",),                                                 # the stage contract
     ("k2core.artifacts", "k2core.models"),
     ("k2core.infer",),                                                 # engines and the LLM interface
+    ("k2core.agentic",),                                               # tools, tasks, rollouts, synthesis
     ("k2core.train",),                                                 # the loop and the training stages
     ("k2core.data",),                                                  # the pre-training data stages
-    ("k2core.agentic",),                                               # tools, tasks, rollouts, synthesis
     ("k2core.experiments",),
     ("k2core.pipeline",),                                              # the composition root
 ]

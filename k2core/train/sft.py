@@ -1,0 +1,254 @@
+"""The `sft` stage: the pretrain model fine-tuned on the `synthesize` stage's train-split
+trajectories (plus optional OpenAI-messages JSONL files) in K2's chat format, through the shared
+training loop (k2core/train/loop.py: MuonClip + QK-Clip, clipping, resumable checkpoints, compile
+and bf16 on GPU).
+
+- Loss on assistant tokens only; whole conversations packed into rows of ``seq_len`` tokens with
+  attention confined to each (k2core/train/sft_data.py); untrainable or too-long conversations are
+  dropped with their reason, never cut.
+- Metrics, each for the input model and the fine-tuned one in the same report: held-out loss (the
+  held-out split's trajectories), and on held-out assistant turns that call tools, through the
+  native engine: tool-name accuracy, arguments that parse and validate against the schema, exact
+  argument match; and task success when the model is the agent in the executable domains (the
+  state-hash verdict, scenario-rendered user).
+- Export: a Hugging Face checkpoint with the tokenizer and its chat template (``model/``).
+"""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from k2core.errors import K2Error
+from k2core.stage import StageContext
+from k2core.train.loop import Trainer, TrainingFailed, pick_device
+from k2core.train.pretrain import resume_dir, wsd_lr
+from k2core.train.sft_data import REASONS, encode, pack
+
+
+def _model_dir(art) -> Path:
+    return Path(art.path("model/config.json")).parent
+
+
+def read_user_data(uris: list[str]) -> list[tuple[list[dict[str, Any]], list[dict[str, Any]] | None]]:
+    """OpenAI-messages JSONL ({"messages": [...], "tools": [...]} per line), local files."""
+    out = []
+    for uri in uris:
+        for i, line in enumerate(Path(uri).expanduser().read_text().splitlines()):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                out.append((rec["messages"], rec.get("tools")))
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise K2Error(f"sft.data_files: {uri} line {i + 1}: not a {{'messages': [...]}} record ({e})") from None
+    return out
+
+
+class Rows:
+    """Packed rows as model arguments; micro-batch k is a pure function of k (resume = step)."""
+
+    def __init__(self, packed, micro: int, seed: int):
+        self.ids = torch.tensor(packed.input_ids)
+        self.labels = torch.tensor(packed.labels)
+        self.seg = torch.tensor(packed.segment_ids)
+        self.micro, self.seed = micro, seed
+        if len(self.ids) < micro:
+            raise TrainingFailed(f"sft: {len(self.ids)} packed rows, fewer than one micro-batch ({micro}); "
+                                 "lower sft.micro_batch or add data")
+
+    def batch(self, index: int) -> dict[str, torch.Tensor]:
+        per_epoch = len(self.ids) // self.micro
+        epoch, k = divmod(index, per_epoch)
+        perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.ids))
+        idx = torch.from_numpy(np.sort(perm[k * self.micro:(k + 1) * self.micro]))
+        return {"input_ids": self.ids[idx], "labels": self.labels[idx], "segment_ids": self.seg[idx]}
+
+
+# ---------------------------------------------------------------------------- metrics
+def call_turns(rows: list[dict[str, Any]], n: int, seed: int) -> list[tuple[list, list, dict]]:
+    """Up to `n` held-out assistant turns that call tools: (conversation before it, tools, the turn)."""
+    turns = [(r["messages"][:i], r["tools"], m) for r in rows for i, m in enumerate(r["messages"])
+             if m["role"] == "assistant" and m.get("tool_calls")]
+    random.Random(seed).shuffle(turns)
+    return turns[:n]
+
+
+def call_metrics(llm, turns, max_tokens: int) -> dict[str, float | None]:
+    import jsonschema
+
+    from k2core.infer.llm import TextParams
+    from k2core.text import chat
+
+    if not turns:
+        return {"turns": 0, "tool_name_accuracy": None, "args_valid": None, "exact_call": None}
+    prompts = [chat.render(prefix, tools, add_generation_prompt=True) for prefix, tools, _ in turns]
+    fit = [llm.fits(p, max_tokens) for p in prompts]
+    outs = iter(llm.generate([p for p, ok in zip(prompts, fit) if ok],
+                             TextParams(max_tokens=max_tokens, temperature=0.0, stop=chat.STOP, keep_special=True),
+                             progress=False))
+    name_ok = valid = exact = 0
+    for (prefix, tools, gold), ok in zip(turns, fit):
+        if not ok:
+            continue
+        got = chat.parse(next(outs).text).get("tool_calls") or []
+        want = gold["tool_calls"]
+        schemas = {t["function"]["name"]: t["function"].get("parameters") or {} for t in tools}
+        if got and got[0]["function"]["name"] == want[0]["function"]["name"]:
+            name_ok += 1
+        args = [chat.arguments_of(c)[0] for c in got]
+        good = bool(got) and all(a is not None and c["function"]["name"] in schemas for a, c in zip(args, got))
+        if good:
+            try:
+                for a, c in zip(args, got):
+                    jsonschema.validate(a, schemas[c["function"]["name"]])
+            except jsonschema.ValidationError:
+                good = False
+        valid += good
+        exact += [(c["function"]["name"], a) for c, a in zip(got, args)] == \
+            [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in want]
+    n = len(turns)
+    return {"turns": n, "tool_name_accuracy": round(name_ok / n, 4), "args_valid": round(valid / n, 4),
+            "exact_call": round(exact / n, 4)}
+
+
+def task_success(llm, syn_art, heldout_ids: set[str], n: int, max_turns: int, max_tokens: int, seed: int) -> dict:
+    """The model as the agent on `n` held-out executable-domain tasks: state-hash verdicts."""
+    from k2core.agentic import blueprint as B
+    from k2core.agentic.domains import DOMAINS
+    from k2core.agentic.rollout import DomainEnv, Episode, run_episodes
+    from k2core.agentic.tasks import grade
+    from k2core.infer.llm import TextParams
+
+    tasks, worlds = [], {}
+    for name, domain in DOMAINS.items():
+        rel = f"tasks/{name}.json"
+        if rel not in syn_art.files("tasks/"):
+            continue
+        worlds[name] = domain.load_db(json.loads(Path(syn_art.path(f"domains/{name}/db.json")).read_text()))
+        tasks += [(name, t) for t in json.loads(Path(syn_art.path(rel)).read_text()) if t["id"] in heldout_ids]
+    random.Random(seed).shuffle(tasks)
+    tasks = tasks[:n]
+    if not tasks:
+        return {"tasks": 0, "task_success": None}
+    eps = [Episode(t, DomainEnv(DOMAINS[d], worlds[d]), DOMAINS[d].toolkit.openai_tools(),
+                   [{"role": "system", "content": B.agent_system_prompt(DOMAINS[d])}], seed=seed + i)
+           for i, (d, t) in enumerate(tasks)]
+    run_episodes(eps, llm, TextParams(max_tokens=max_tokens, temperature=0.0), max_turns=max_turns)
+    ok = sum(grade(DOMAINS[d], worlds[d], t, e.messages, e.termination).success for (d, t), e in zip(tasks, eps))
+    return {"tasks": len(tasks), "task_success": round(ok / len(tasks), 4)}
+
+
+def evaluate(checkpoint: Path, cfg, turns, syn_art, heldout_ids) -> dict[str, Any]:
+    from k2core.infer.llm import NativeLLM
+
+    with NativeLLM(checkpoint, device="cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu") as llm:
+        out = call_metrics(llm, turns, cfg.eval_max_tokens)
+        out.update(task_success(llm, syn_art, heldout_ids, cfg.eval_tasks, cfg.eval_max_turns, cfg.eval_max_tokens,
+                                cfg.seed))
+    return out
+
+
+# ---------------------------------------------------------------------------- the stage
+def run(ctx: StageContext) -> dict[str, Any]:
+    import pandas as pd
+    from tokenizers import Tokenizer
+
+    from k2core.agentic.synthesize import read_trajectories
+    from k2core.model.checkpoint import load_checkpoint, save_checkpoint
+    from k2core.text.special_tokens import PAD
+
+    cfg = ctx.cfg
+    wd = ctx.workdir
+    base_dir = _model_dir(ctx.inputs["pretrain"])
+    syn = ctx.inputs["synthesize"]
+    train_rows, held_rows = read_trajectories(syn, "train"), read_trajectories(syn, "heldout")
+    heldout_ids = {r["task_id"] for r in held_rows}
+    leaked = sorted({r["task_id"] for r in train_rows} & heldout_ids)
+    convs = [(r["messages"], r["tools"]) for r in train_rows] + read_user_data(cfg.data_files)
+    tok = Tokenizer.from_file(str(base_dir / "tokenizer.json"))
+    kept, dropped = encode(tok, convs, cfg.seq_len)
+    val_kept, val_dropped = encode(tok, [(r["messages"], r["tools"]) for r in held_rows], cfg.seq_len)
+    if not kept:
+        raise TrainingFailed(f"sft: no trainable conversation among {len(convs)} ({len(dropped)} dropped: "
+                             f"{sorted({d['reason'] for d in dropped})})")
+    pad = tok.token_to_id(PAD)
+    packed, val_packed = pack(kept, cfg.seq_len, pad), pack(val_kept, cfg.seq_len, pad)
+    (wd / "rejects").mkdir()
+    pd.DataFrame(dropped or [], columns=["index", "reason", "detail"]).to_parquet(wd / "rejects" / "dropped.parquet")
+    device = pick_device(cfg.device, 1)
+    torch.manual_seed(cfg.seed)
+    model = load_checkpoint(base_dir, device=device, dtype=torch.float32).train()
+    trainer = Trainer(cfg, model, device, name="sft", resume_dir=resume_dir(ctx), log=ctx.log, progress=ctx.progress)
+    rows = Rows(packed, cfg.micro_batch, cfg.seed)
+    val_rows = Rows(val_packed, 1, cfg.seed) if val_packed.input_ids else None
+    val = [{k: v.to(device) for k, v in val_rows.batch(i).items()} for i in range(min(cfg.eval_batches, len(val_rows.ids)))] \
+        if val_rows is not None else []
+    if not val:
+        raise TrainingFailed("sft: no held-out trajectory to measure the held-out loss on")
+    result = trainer.fit(rows.batch, val, lambda step: wsd_lr(step, cfg), tokens_per_step=cfg.micro_batch *
+                         cfg.grad_accum * cfg.seq_len, seq_len=cfg.seq_len)
+    save_checkpoint(model.eval(), wd / "model")
+    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(base_dir / f, wd / "model" / f)
+    trainer.checkpointer.clear()
+    df = pd.DataFrame(result.telemetry)
+    df.to_parquet(wd / "telemetry.parquet")
+    turns = call_turns(held_rows, cfg.eval_turns, cfg.seed)
+    before = evaluate(base_dir, cfg, turns, syn, heldout_ids)
+    after = evaluate(wd / "model", cfg, turns, syn, heldout_ids)
+    vals = df.val_loss.dropna()
+    initial_val = float(vals.iloc[0])
+    plot(df, result.final_val_loss, before, after, wd / "sft.png")
+    trained_tokens = sum(sum(e.mask) for e in kept)
+    metrics = {
+        "conversations": len(convs), "trained_conversations": len(kept), "dropped": len(dropped),
+        **{f"dropped_{r}": sum(d["reason"] == r for d in dropped) for r in REASONS},
+        "heldout_conversations": len(val_kept), "heldout_dropped": len(val_dropped), "packed_rows": len(packed.input_ids),
+        "packing_fill": round(sum(len(e.ids) for e in kept) / (len(packed.input_ids) * cfg.seq_len), 4),
+        "trained_tokens": trained_tokens, "steps": len(df), "initial_loss": float(df.loss.iloc[0]),
+        "final_loss": float(df.loss.iloc[-5:].mean()), "initial_val_loss": initial_val,
+        "final_val_loss": result.final_val_loss, "val_loss_drop": initial_val - result.final_val_loss,
+        "nan_steps": int((~np.isfinite(df.loss)).sum()), "heldout_in_train": len(leaked),
+        "tokens_per_s_median": float(df.tokens_per_s.median()), "base": f"pretrain/{ctx.inputs['pretrain'].version}",
+        **{f"before_{k}": v for k, v in before.items()}, **{f"after_{k}": v for k, v in after.items()},
+        "metrics_computed": int(before.get("turns", 0) > 0 and after.get("turns", 0) > 0),
+    }
+    (wd / "report.json").write_text(json.dumps({"before": before, "after": after, "dropped": dropped[:200]}, indent=1))
+    return metrics
+
+
+def plot(df, final_val: float, before: dict, after: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4), dpi=110)
+    a.plot(df.step, df.loss, lw=0.8, label="train (assistant tokens)")
+    v = df.dropna(subset=["val_loss"])
+    a.plot([*v.step, len(df)], [*v.val_loss, final_val], "o-", ms=3, label="held-out")
+    a.set(xlabel="step", ylabel="loss (nats / token)", title="SFT loss")
+    a.legend()
+    keys = ["tool_name_accuracy", "args_valid", "exact_call", "task_success"]
+    x = np.arange(len(keys))
+    b.bar(x - 0.2, [before.get(k) or 0 for k in keys], 0.4, label="input model")
+    b.bar(x + 0.2, [after.get(k) or 0 for k in keys], 0.4, label="after SFT")
+    b.set_xticks(x, keys, rotation=15)
+    b.set(ylim=(0, 1), title="Held-out tool use (native engine, greedy)")
+    b.legend()
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def gate_frame(workdir: Path, columns: list[str]):
+    import pandas as pd
+
+    path = workdir / "telemetry.parquet"
+    return pd.read_parquet(path, columns=columns) if path.exists() else pd.DataFrame({c: [] for c in columns})
