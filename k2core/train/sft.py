@@ -164,6 +164,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
     from k2core.text.special_tokens import PAD
 
     cfg = ctx.cfg
+    if cfg.nproc > 1:
+        raise K2Error("sft.nproc > 1: data-parallel SFT is not built yet (the packed rows would need a per-rank "
+                      "split); run with sft.nproc = 1")
     wd = ctx.workdir
     base_dir = _model_dir(ctx.inputs["pretrain"])
     syn = ctx.inputs["synthesize"]
