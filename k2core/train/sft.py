@@ -240,8 +240,11 @@ def plot(df, final_val: float, before: dict, after: dict, out: Path) -> None:
     a.legend()
     keys = ["tool_name_accuracy", "args_valid", "exact_call", "task_success"]
     x = np.arange(len(keys))
-    b.bar(x - 0.2, [before.get(k) or 0 for k in keys], 0.4, label="input model")
-    b.bar(x + 0.2, [after.get(k) or 0 for k in keys], 0.4, label="after SFT")
+    for off, vals, label in ((-0.2, before, "input model"), (0.2, after, "after SFT")):
+        ys = [vals.get(k) or 0 for k in keys]
+        b.bar(x + off, ys, 0.4, label=label)
+        for xi, y, k in zip(x, ys, keys):        # the values written out: a 0 is a result, not a missing bar
+            b.text(xi + off, y + 0.02, "n/a" if vals.get(k) is None else f"{y:.2f}", ha="center", fontsize=8)
     b.set_xticks(x, keys, rotation=15)
     b.set(ylim=(0, 1), title="Held-out tool use (native engine, greedy)")
     b.legend()
