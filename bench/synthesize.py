@@ -30,7 +30,6 @@ import random
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -187,20 +186,6 @@ def synthetic_rate(checkpoint: str, count: int) -> dict:
             "accepted_per_call": round(ok / calls, 4) if calls else None, "seconds": round(s, 2)}
 
 
-def serve_in_thread(llm):
-    import uvicorn
-
-    from k2core.infer.server import create_app
-    from tests.conftest import free_port
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(llm, "k2-bench"), host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
-    return server, f"http://127.0.0.1:{port}/v1"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="tiny")
@@ -230,7 +215,9 @@ def main() -> None:
                                a.conversations, a.repeat, a.max_turns, a.max_tokens)]
     if not a.skip_openai:
         native = NativeLLM(ckpt, device=device, max_batch=max(64, a.conversations))
-        server, url = serve_in_thread(native)
+        from k2core.infer.server import serve_in_thread
+
+        server, url = serve_in_thread(native, "k2-bench")
         n = max(4, a.conversations // 4)
         out["rollouts"].append(compare(lambda: OpenAILLM(url, "k2-bench", api_key_env=None, concurrency=16),
                                        "openai -> k2 serve (16 in flight)", n, 1, a.max_turns, a.max_tokens))

@@ -47,9 +47,31 @@ class ResolvedModel:
             if self.checkpoint is None:
                 raise K2Error(f"{self.describe()} is a server, not a checkpoint")
             return self.checkpoint
-        art = store.artifact(*self.artifact)
-        paths = [art.path(f) for f in art.files("model/")]
-        return str(Path(paths[0]).parent)
+        return str(model_dir(store.artifact(*self.artifact)))
+
+
+def model_dir(art) -> Path:
+    """A committed artifact's ``model/`` folder as a local directory (every file fetched)."""
+    paths = [art.path(f) for f in art.files("model/")]
+    if not any(p.endswith("model/config.json") for p in art.files("model/")):
+        raise K2Error(f"{art.stage}/{art.version} has no model/config.json")
+    return Path(paths[0]).parent
+
+
+def named_model(ref: ModelRef, store: Store, where: str) -> "ResolvedModel | None":
+    """The model `ref` names explicitly (a server, a checkpoint or an artifact); None when it names
+    none (the stage then uses its input's model, which is in its version already)."""
+    if ref.engine != "openai" and not ref.checkpoint and not ref.artifact:
+        return None
+    return resolve_model(ref, store, where=where)
+
+
+def artifact_model(art, engine: str = "native") -> "ResolvedModel | None":
+    """A committed artifact's model (its ``model/`` folder), or None when it has none."""
+    if art is None or "model/config.json" not in art.files("model/"):
+        return None
+    return ResolvedModel(engine, {"engine": engine, "artifact": f"{art.stage}/{art.version}"},
+                         artifact=(art.stage, art.version))
 
 
 def resolve_model(ref: ModelRef, store: Store, default: Default | None = None,

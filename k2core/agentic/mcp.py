@@ -110,6 +110,7 @@ async def _harvest_one(server: dict[str, Any], timeout: float, max_pages: int) -
     import anyio
     from mcp import ClientSession
     from mcp.client.stdio import StdioServerParameters, stdio_client
+    from mcp_types import PaginatedRequestParams
     from mcp.client.streamable_http import streamable_http_client
 
     name = server.get("name") or server.get("command") or server.get("url") or "?"
@@ -134,8 +135,6 @@ async def _harvest_one(server: dict[str, Any], timeout: float, max_pages: int) -
                     h.protocol = getattr(init, "protocol_version", None)
                     cursor = None
                     while True:
-                        from mcp_types import PaginatedRequestParams
-
                         res = await session.list_tools(params=PaginatedRequestParams(cursor=cursor) if cursor else None)
                         h.pages += 1
                         h.tools += [_tool_dict(t) for t in res.tools]

@@ -23,10 +23,6 @@ from k2core.agentic.user import STOP, BlueprintUser, termination_of
 from k2core.text import chat
 from k2core.text.special_tokens import TOOL_CALL_BEGIN
 
-ERROR_KINDS = ("malformed_call_section", "bad_json", "unknown_tool", "invalid_arguments", "distractor_call",
-               "tool_error", "empty_turn", "simulator_invalid", "context_exceeded")
-
-
 class DomainEnv:
     """An executable domain's tools over a fresh copy of its database."""
 
@@ -49,7 +45,6 @@ class SandboxEnv:
 
     def __init__(self):
         self.names = {"run_python"}
-        self.codes: list[str] = []
 
     def call(self, name: str, args: dict[str, Any]) -> str:
         from k2core import sandbox
@@ -57,7 +52,6 @@ class SandboxEnv:
         code = args.get("code")
         if not isinstance(code, str):
             raise ToolError("Error: run_python needs a string argument code")
-        self.codes.append(code)
         r = sandbox.run(["python", "main.py"], files={"main.py": code}, limits=sandbox.Limits(timeout_s=10))
         return result_text({"exit_code": r.exit_code, "stdout": r.stdout[-2000:], "stderr": r.stderr[-2000:],
                             **({"stopped_by": r.stopped_by} if r.stopped_by else {})})
@@ -79,6 +73,7 @@ class Episode:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     rng: random.Random = field(default_factory=random.Random)
+    sim_state: dict[str, Any] = field(default_factory=dict)   # the tool simulator's world for this conversation
 
     def __post_init__(self):
         self.rng = random.Random(self.seed)

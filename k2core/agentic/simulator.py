@@ -43,7 +43,7 @@ class ToolSimulator:
         for e, _, fn, args in pending:
             mode = self._mode()
             modes.append(mode)
-            state = getattr(e, "sim_state", {})
+            state = e.sim_state
             prompts.append(self.template.safe_substitute(
                 name=fn["name"], description=fn.get("description", ""), parameters=json.dumps(fn.get("parameters", {})),
                 returns=json.dumps(fn.get("returns") or {}), state=json.dumps(state), mode=MODES[mode],

@@ -179,7 +179,6 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     tokenizer = _tokenizer(ctx)
     trajectories: list[dict[str, Any]] = []
-    rng = random.Random(cfg.db_seed)
 
     def record(task, origin, messages, tools, ok, reasons, reward, judge, turns, termination, errors, constructed):
         tid = hashlib.sha256(f"{task['id']}:{origin}:{len(trajectories)}".encode()).hexdigest()[:20]
@@ -219,11 +218,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
     t_blueprint = time.monotonic() - t1
 
     # live and simulated rollouts
-    live_stats = _live(ctx, cfg, tasks, worlds, repo, rng, record)
+    live_stats = _live(ctx, cfg, tasks, worlds, repo, record)
     t_live = live_stats.pop("seconds", 0.0)
 
     # LLM judge agreement on executable trajectories
-    agreement = _agreement(ctx, cfg, tasks, trajectories, rng)
+    agreement = _agreement(ctx, cfg, tasks, trajectories)
 
     # checks + write
     schema_errors = call_problems = 0
@@ -325,14 +324,15 @@ def _tokenizer(ctx: StageContext):
 
 def _models(ctx: StageContext, cfg):
     """(agent, user model) ResolvedModels: named ones, else this run's pretrain model."""
-    from k2core.agentic.tools import input_model, named_teacher
+    from k2core.models import artifact_model, named_model
 
-    agent = named_teacher(cfg.live.agent, ctx.store) or input_model(ctx, "pretrain", cfg.live.agent.engine)
-    user = named_teacher(cfg.live.user_model, ctx.store) or agent
+    agent = named_model(cfg.live.agent, ctx.store, "synthesize.live.agent") or \
+        artifact_model(ctx.inputs.get("pretrain"), cfg.live.agent.engine)
+    user = named_model(cfg.live.user_model, ctx.store, "synthesize.live.user_model") or agent
     return agent, user
 
 
-def _live(ctx, cfg, tasks, worlds, repo, rng, record) -> dict[str, Any]:
+def _live(ctx, cfg, tasks, worlds, repo, record) -> dict[str, Any]:
     from k2core.agentic.rollout import DomainEnv, Episode, SandboxEnv, run_episodes
     from k2core.infer.llm import TextParams, open_model
 
@@ -442,7 +442,7 @@ def _simulated(ctx, cfg, repo, agent, teacher, params, record) -> dict[str, Any]
             "simulator_valid": sim.valid}
 
 
-def _agreement(ctx, cfg, tasks, trajectories, rng) -> dict[str, Any]:
+def _agreement(ctx, cfg, tasks, trajectories) -> dict[str, Any]:
     from k2core.agentic.judge import LLMJudge, agreement
     from k2core.infer.llm import TextParams, open_model
 
@@ -509,9 +509,9 @@ def read_trajectories(art, split: str | None = None) -> list[dict[str, Any]]:
 
 def fingerprint(cfg) -> dict[str, Any]:
     """Explicitly named agent / user models (the default, this run's pretrain model, is an input)."""
-    from k2core.agentic.tools import named_teacher
+    from k2core.models import named_model
 
     store = cfg.store.open()
-    agent = named_teacher(cfg.synthesize.live.agent, store)
-    user = named_teacher(cfg.synthesize.live.user_model, store)
+    agent = named_model(cfg.synthesize.live.agent, store, "synthesize.live.agent")
+    user = named_model(cfg.synthesize.live.user_model, store, "synthesize.live.user_model")
     return {"agent": agent.identity if agent else None, "user": user.identity if user else None}

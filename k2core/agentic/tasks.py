@@ -15,7 +15,6 @@
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -174,7 +173,3 @@ def grade(domain: type[Domain], db: BaseModel, task: dict[str, Any], messages: l
     for v in g.components.values():
         g.reward *= v
     return g
-
-
-def dumps_task(task: dict[str, Any]) -> str:
-    return json.dumps(task, ensure_ascii=False, sort_keys=True)

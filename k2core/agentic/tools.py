@@ -145,27 +145,11 @@ def fingerprint(cfg) -> dict[str, Any]:
         p = Path(uri).expanduser()
         files.append({"uri": str(p.resolve()), **({"size": p.stat().st_size, "mtime": p.stat().st_mtime_ns}
                                                    if p.exists() else {"missing": True})})
-    teacher = named_teacher(cfg.tools.synthetic.teacher, cfg.store.open()) if cfg.tools.synthetic.count else None
+    from k2core.models import named_model
+
+    teacher = named_model(cfg.tools.synthetic.teacher, cfg.store.open(), "tools.synthetic.teacher") \
+        if cfg.tools.synthetic.count else None
     return {"files": files, "teacher": teacher.identity if teacher is not None else None}
-
-
-def named_teacher(ref, store):
-    """The teacher a ModelRef names explicitly (a server, a checkpoint or an artifact), else None."""
-    from k2core.models import resolve_model
-
-    if ref.engine != "openai" and not ref.checkpoint and not ref.artifact:
-        return None
-    return resolve_model(ref, store, where="tools.synthetic.teacher")
-
-
-def input_model(ctx: StageContext, stage: str, engine: str = "native"):
-    """The model of this run's `stage` input artifact (its model/ folder), as a ResolvedModel."""
-    from k2core.models import ResolvedModel
-
-    art = ctx.inputs.get(stage)
-    if art is None or "model/config.json" not in art.files("model/"):
-        return None
-    return ResolvedModel(engine, {"engine": engine, "artifact": f"{stage}/{art.version}"}, artifact=(stage, art.version))
 
 
 # ---------------------------------------------------------------------------- synthetic tools
@@ -305,8 +289,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
     teacher_stats: dict[str, Any] = {"teacher": "none", "proposals": 0}
     if syn.count:
         from k2core.infer.llm import open_model
+        from k2core.models import artifact_model, named_model
 
-        teacher = named_teacher(syn.teacher, ctx.store) or input_model(ctx, "pretrain", syn.teacher.engine)
+        teacher = named_model(syn.teacher, ctx.store, "tools.synthetic.teacher") or \
+            artifact_model(ctx.inputs.get("pretrain"), syn.teacher.engine)
         if teacher is None:
             ctx.log("tools: synthetic tools skipped — no teacher model (no pretrain model, no tools.synthetic.teacher)")
             teacher_stats["teacher"] = "none (no model)"

@@ -104,6 +104,7 @@ class _CheckpointLLM(LLM):
             raise LLMError(f"{self.backend} engine: {path} has no tokenizer.json (use a checkpoint from the "
                            "pretrain stage)")
         self.tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+        self._encoded: dict[str, list[int]] = {}      # prompts encoded by fits(), for the next generate
         eos = self.tokenizer.token_to_id(EOS)
         self.stop_ids = [eos] if eos is not None else []
         self.model = path.name if path.name != "model" else path.parent.name
@@ -111,10 +112,18 @@ class _CheckpointLLM(LLM):
     context_length: int | None = None
 
     def fits(self, prompt: str, max_tokens: int) -> bool:
-        return self.context_length is None or len(self.tokenizer.encode(prompt).ids) + max_tokens <= self.context_length
+        """Also keeps the prompt's ids for the generate call that follows (a rollout round checks
+        every prompt, then generates them: one encode each, not two)."""
+        if self.context_length is None:
+            return True
+        ids = self.tokenizer.encode(prompt).ids
+        if len(self._encoded) > 4096:
+            self._encoded.clear()
+        self._encoded[prompt] = ids
+        return len(ids) + max_tokens <= self.context_length
 
     def _encode(self, prompts: list[str]) -> list[list[int]]:
-        ids = [self.tokenizer.encode(p).ids for p in prompts]
+        ids = [self._encoded.pop(p, None) or self.tokenizer.encode(p).ids for p in prompts]
         for i, x in enumerate(ids):
             if not x:
                 raise LLMError(f"{self.backend} engine: prompt {i} encodes to no tokens")
@@ -158,26 +167,26 @@ class NativeLLM(_CheckpointLLM):
 
     def generate(self, prompts: list[str], params: TextParams | None = None,
                  progress: bool = True) -> list[Completion]:
-        from k2core.infer import SamplingParams
-
         params = params or TextParams()
         ids = self._encode(prompts)
-        sp = SamplingParams(max_tokens=params.max_tokens, temperature=params.temperature, top_p=params.top_p,
-                            seed=params.seed, stop_token_ids=self._stop_ids(params))
+        sp = self._sampling(params)
         with self._lock:
             gens = self.engine.generate(ids, sp, progress=progress)
         return [self._completion(x, g.token_ids, g.finish_reason, params) for x, g in zip(ids, gens)]
 
 
+    def _sampling(self, params: TextParams):
+        from k2core.infer import SamplingParams
+
+        return SamplingParams(max_tokens=params.max_tokens, temperature=params.temperature, top_p=params.top_p,
+                              seed=params.seed, stop_token_ids=self._stop_ids(params))
+
     def stream(self, prompt: str, params: TextParams | None = None):
         """Generate for one prompt, yielding text pieces as tokens arrive (stop strings cut the
         end); the last item is the :class:`Completion`."""
-        from k2core.infer import SamplingParams
-
         params = params or TextParams()
         ids = self._encode([prompt])[0]
-        sp = SamplingParams(max_tokens=params.max_tokens, temperature=params.temperature, top_p=params.top_p,
-                            seed=params.seed, stop_token_ids=self._stop_ids(params))
+        sp = self._sampling(params)
         q: queue.Queue = queue.Queue()
         result: dict = {}
 

@@ -224,6 +224,30 @@ def create_app(llm: LLM, model_name: str):
     return app
 
 
+def serve_in_thread(llm: LLM, model_name: str, host: str = "127.0.0.1", port: int = 0):
+    """The app on a background thread (tests, benchmarks): (uvicorn server, base URL ending in
+    /v1); port 0 takes a free one. ``server.should_exit = True`` stops it."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    if port == 0:
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(llm, model_name), host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise LLMError(f"k2 serve: the server on {host}:{port} did not start")
+        time.sleep(0.05)
+    return server, f"http://{host}:{port}/v1"
+
+
 def serve(llm: LLM, model_name: str, host: str = "127.0.0.1", port: int = 8000) -> None:
     import uvicorn
 

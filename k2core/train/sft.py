@@ -31,10 +31,6 @@ from k2core.train.pretrain import resume_dir, wsd_lr
 from k2core.train.sft_data import REASONS, encode, pack
 
 
-def _model_dir(art) -> Path:
-    return Path(art.path("model/config.json")).parent
-
-
 def read_user_data(uris: list[str]) -> list[tuple[list[dict[str, Any]], list[dict[str, Any]] | None]]:
     """OpenAI-messages JSONL ({"messages": [...], "tools": [...]} per line), local files."""
     out = []
@@ -168,7 +164,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
         raise K2Error("sft.nproc > 1: data-parallel SFT is not built yet (the packed rows would need a per-rank "
                       "split); run with sft.nproc = 1")
     wd = ctx.workdir
-    base_dir = _model_dir(ctx.inputs["pretrain"])
+    from k2core.models import model_dir
+
+    base_dir = model_dir(ctx.inputs["pretrain"])
     syn = ctx.inputs["synthesize"]
     train_rows, held_rows = read_trajectories(syn, "train"), read_trajectories(syn, "heldout")
     heldout_ids = {r["task_id"] for r in held_rows}

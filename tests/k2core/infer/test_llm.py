@@ -41,22 +41,11 @@ def native(checkpoint):
 @pytest.fixture(scope="module")
 def k2_server(native):
     """`k2 serve`'s app (uvicorn, real HTTP on loopback) over the native backend."""
-    import uvicorn
+    from k2core.infer.server import serve_in_thread
 
-    from k2core.infer.server import create_app
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(native, "k2-test"), host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    t = threading.Thread(target=server.run, daemon=True)
-    t.start()
-    for _ in range(100):
-        if server.started:
-            break
-        time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}/v1"
+    server, url = serve_in_thread(native, "k2-test")
+    yield url
     server.should_exit = True
-    t.join(timeout=10)
 
 
 def test_native_greedy_is_deterministic_and_honours_stops(native):

@@ -5,14 +5,11 @@ K2-format text: a random model writes no tool call) and the native engine on a r
 from __future__ import annotations
 
 import json
-import threading
-import time
 
 import pytest
 
 from k2core.infer.llm import LLM, Completion, NativeLLM
 from k2core.text import chat
-from tests.conftest import free_port
 from tests.k2core.infer.test_llm import checkpoint  # noqa: F401 — a tiny checkpoint with a tokenizer (fixture)
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather of a city",
@@ -44,16 +41,9 @@ class Scripted(LLM):
 
 
 def serve(llm):
-    import uvicorn
+    from k2core.infer.server import serve_in_thread
 
-    from k2core.infer.server import create_app
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(llm, "k2-test"), host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
-    return server, f"http://127.0.0.1:{port}/v1"
+    return serve_in_thread(llm, "k2-test")
 
 
 @pytest.fixture(scope="module")
