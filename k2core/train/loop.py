@@ -1,7 +1,8 @@
 """The one training loop (torchtitan's `train.py` in levels): pre-training, SFT and RL differ only in
 their batch source, schedule and what they export.
 
-    forward_backward   one micro-batch: forward (bf16 autocast on GPU), loss / grad_accum, backward
+    forward_backward   one micro-batch: forward (bf16 autocast on GPU), loss · weight / grad_accum, backward
+    token_weights      the weights that make a step's loss the global batch's per-token mean
     train_step         micro-batches (DDP reduces once, on the last), global-norm clip,
                        MuonClip.step(max_logits) (QK-Clip), routing-bias update; one telemetry row
     Trainer.fit        the loop: calls the components below, step by step, and the callbacks
@@ -258,12 +259,32 @@ class _NonFinite(Exception):
 
 
 # ---------------------------------------------------------------------------- one step
-def forward_backward(net, batch: Batch, amp, grad_accum: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss, per-head max logits) of one micro-batch; its gradients (/ grad_accum) accumulate."""
+def forward_backward(net, batch: Batch, amp, grad_accum: int = 1,
+                     weight: torch.Tensor | float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight · loss, per-head max logits) of one micro-batch; its gradients (· weight / grad_accum)
+    accumulate."""
     with amp:
         out = net(**batch, want_max_logits=True)
-    (out.loss / grad_accum).backward()
-    return out.loss.detach().float(), out.max_logits
+    loss = out.loss * weight
+    (loss / grad_accum).backward()
+    return loss.detach().float(), out.max_logits
+
+
+def token_weights(micro: list[Batch], world: int, device: torch.device) -> list[torch.Tensor] | list[float]:
+    """Per micro-batch loss weights that make the step's loss the mean over every labelled token of
+    the global batch (all micro-batches, all ranks), as one process with the whole batch in one
+    forward would compute it: weight_i = n_i · grad_accum · world / Σ n. Rows with masked labels
+    (SFT's assistant-only loss) hold different token counts; with equal counts (pre-training) every
+    weight is exactly 1.0, so those runs are bit-for-bit what they were."""
+    if not micro or "labels" not in micro[0]:
+        return [1.0] * len(micro)
+    counts = torch.stack([(b["labels"][:, 1:] != -100).sum() for b in micro]).double()
+    total = counts.sum()
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(total)
+    return list((counts * (len(micro) * world) / total.clamp(min=1.0)).float())
 
 
 @dataclass
@@ -277,16 +298,18 @@ class StepResult:
 def train_step(model, opt, micro_batches: Iterable[Batch], *, amp, grad_clip: float | None,
                device: torch.device, grad_accum: int = 1, net=None, ddp=None, world: int = 1,
                check_finite: bool = True) -> StepResult:
-    """`grad_accum` micro-batches (DDP reduces once, on the last), the global batch's loss, S_max
+    """`grad_accum` micro-batches (DDP reduces once, on the last), each weighted by its share of the
+    global batch's labelled tokens (`token_weights`), the global batch's loss, S_max
     and expert loads across ranks, global-norm clipping, ``opt.step(max_logits=S_max)`` (QK-Clip),
     then the aux-loss-free routing-bias update. A non-finite loss raises before the update unless
     `check_finite` is off (an experiment recording a divergence)."""
     net = net if net is not None else model
     loss_sum, S = torch.zeros((), device=device), None
-    for micro, batch in enumerate(micro_batches):
+    micro_batches = list(micro_batches)
+    for micro, (batch, w) in enumerate(zip(micro_batches, token_weights(micro_batches, world, device))):
         last = micro == grad_accum - 1
         with ddp.no_sync() if ddp is not None and not last else contextlib.nullcontext():
-            loss, max_logits = forward_backward(net, batch, amp, grad_accum)
+            loss, max_logits = forward_backward(net, batch, amp, grad_accum, w)
         loss_sum += loss
         S = max_logits if S is None else torch.maximum(S, max_logits)
     if world > 1:

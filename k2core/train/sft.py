@@ -1,7 +1,8 @@
 """The `sft` stage: the pretrain model fine-tuned on the `synthesize` stage's train-split
 trajectories (plus optional OpenAI-messages JSONL files) in K2's chat format, through the shared
 training loop (k2core/train/loop.py: MuonClip + QK-Clip, clipping, resumable checkpoints, compile
-and bf16 on GPU).
+and bf16 on GPU, torchrun data parallel with ``sft.nproc``; the loss is the per-token mean over the
+global batch's assistant tokens however the rows fall into micro-batches and ranks).
 
 - Loss on assistant tokens only; whole conversations packed into rows of ``seq_len`` tokens with
   attention confined to each (k2core/train/sft_data.py); untrainable or too-long conversations are
@@ -44,26 +45,6 @@ def read_user_data(uris: list[str]) -> list[tuple[list[dict[str, Any]], list[dic
             except (json.JSONDecodeError, KeyError, TypeError) as e:
                 raise K2Error(f"sft.data_files: {uri} line {i + 1}: not a {{'messages': [...]}} record ({e})") from None
     return out
-
-
-class Rows:
-    """Packed rows as model arguments; micro-batch k is a pure function of k (resume = step)."""
-
-    def __init__(self, packed, micro: int, seed: int):
-        self.ids = torch.tensor(packed.input_ids)
-        self.labels = torch.tensor(packed.labels)
-        self.seg = torch.tensor(packed.segment_ids)
-        self.micro, self.seed = micro, seed
-        if len(self.ids) < micro:
-            raise TrainingFailed(f"sft: {len(self.ids)} packed rows, fewer than one micro-batch ({micro}); "
-                                 "lower sft.micro_batch or add data")
-
-    def batch(self, index: int) -> dict[str, torch.Tensor]:
-        per_epoch = len(self.ids) // self.micro
-        epoch, k = divmod(index, per_epoch)
-        perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.ids))
-        idx = torch.from_numpy(np.sort(perm[k * self.micro:(k + 1) * self.micro]))
-        return {"input_ids": self.ids[idx], "labels": self.labels[idx], "segment_ids": self.seg[idx]}
 
 
 # ---------------------------------------------------------------------------- metrics
@@ -151,21 +132,84 @@ def evaluate(checkpoint: Path, cfg, turns, syn_art, heldout_ids) -> dict[str, An
 
 
 # ---------------------------------------------------------------------------- the stage
+ENTRY = "k2core.train.sft:train_worker"          # what each torchrun rank runs
+
+
+def save_rows(packed, path: Path) -> None:
+    """Packed rows as one .npz (torchrun workers read it; int32: ids, labels, segment ids)."""
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **{k: np.asarray(getattr(packed, k), dtype=np.int32).reshape(-1, len(packed.input_ids[0]))
+                     for k in ("input_ids", "labels", "segment_ids")})
+    tmp.replace(path)
+
+
+class Rows:
+    """Packed rows as model arguments; micro-batch k is a pure function of k (resume = step). Under
+    torchrun every rank builds the same micro-batch and the loop hands each its share of the rows."""
+
+    def __init__(self, arrays, micro: int, seed: int, world: int = 1):
+        self.ids, self.labels, self.seg = (torch.from_numpy(np.asarray(arrays[k], dtype=np.int64))
+                                           for k in ("input_ids", "labels", "segment_ids"))
+        self.micro, self.seed = micro, seed
+        if len(self.ids) < micro:
+            raise TrainingFailed(f"sft: {len(self.ids)} packed rows, fewer than one micro-batch ({micro}); "
+                                 "lower sft.micro_batch or add data")
+        if micro % world:
+            raise TrainingFailed(f"sft.micro_batch = {micro} must divide by the {world} processes")
+
+    def batch(self, index: int) -> dict[str, torch.Tensor]:
+        per_epoch = len(self.ids) // self.micro
+        epoch, k = divmod(index, per_epoch)
+        perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.ids))
+        idx = torch.from_numpy(np.sort(perm[k * self.micro:(k + 1) * self.micro]))
+        return {"input_ids": self.ids[idx], "labels": self.labels[idx], "segment_ids": self.seg[idx]}
+
+
+def train_worker(job: dict[str, Any], log, progress) -> dict[str, Any]:
+    """Fine-tuning in this process: single, or one rank of a torchrun job (rank 0 exports the model,
+    the telemetry and ``summary.json``)."""
+    from k2core.config import SFTConfig
+    from k2core.model.checkpoint import load_checkpoint, save_checkpoint
+    from k2core.train.loop import dist_info
+
+    cfg = SFTConfig.model_validate(job["cfg"])
+    rank, world = dist_info()
+    wd, base_dir = Path(job["workdir"]), Path(job["base"])
+    rows = Rows(np.load(job["train_rows"]), cfg.micro_batch, cfg.seed, world)
+    val_rows = Rows(np.load(job["val_rows"]), 1, cfg.seed)
+    device = pick_device(cfg.device, world)
+    torch.manual_seed(cfg.seed)
+    model = load_checkpoint(base_dir, device=device, dtype=torch.float32).train()
+    trainer = Trainer(cfg, model, device, name="sft", resume_dir=Path(job["resume"]), log=log, progress=progress,
+                      progress_file=wd / "progress.json")
+    val = [{k: v.to(device) for k, v in val_rows.batch(i).items()} for i in range(min(cfg.eval_batches, len(val_rows.ids)))]
+    result = trainer.fit(rows.batch, val, lambda step: wsd_lr(step, cfg), tokens_per_step=cfg.micro_batch *
+                         cfg.grad_accum * len(rows.ids[0]), seq_len=len(rows.ids[0]))
+    if rank != 0:
+        return {}
+    save_checkpoint(model.eval(), wd / "model")
+    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(base_dir / f, wd / "model" / f)
+    trainer.checkpointer.clear()
+    import pandas as pd
+
+    pd.DataFrame(result.telemetry).to_parquet(wd / "telemetry.parquet")
+    out = {"final_val_loss": result.final_val_loss}
+    (wd / "summary.json").write_text(json.dumps(out))
+    return out
+
+
 def run(ctx: StageContext) -> dict[str, Any]:
     import pandas as pd
     from tokenizers import Tokenizer
 
     from k2core.agentic.synthesize import read_trajectories
-    from k2core.model.checkpoint import load_checkpoint, save_checkpoint
+    from k2core.models import model_dir
     from k2core.text.special_tokens import PAD
+    from k2core.train.loop import launch
 
     cfg = ctx.cfg
-    if cfg.nproc > 1:
-        raise K2Error("sft.nproc > 1: data-parallel SFT is not built yet (the packed rows would need a per-rank "
-                      "split); run with sft.nproc = 1")
     wd = ctx.workdir
-    from k2core.models import model_dir
-
     base_dir = model_dir(ctx.inputs["pretrain"])
     syn = ctx.inputs["synthesize"]
     train_rows, held_rows = read_trajectories(syn, "train"), read_trajectories(syn, "heldout")
@@ -178,43 +222,36 @@ def run(ctx: StageContext) -> dict[str, Any]:
     if not kept:
         raise TrainingFailed(f"sft: no trainable conversation among {len(convs)} ({len(dropped)} dropped: "
                              f"{sorted({d['reason'] for d in dropped})})")
+    if not val_kept:
+        raise TrainingFailed("sft: no held-out trajectory to measure the held-out loss on")
     pad = tok.token_to_id(PAD)
     packed, val_packed = pack(kept, cfg.seq_len, pad), pack(val_kept, cfg.seq_len, pad)
     (wd / "rejects").mkdir()
     pd.DataFrame(dropped or [], columns=["index", "reason", "detail"]).to_parquet(wd / "rejects" / "dropped.parquet")
-    device = pick_device(cfg.device, 1)
-    torch.manual_seed(cfg.seed)
-    model = load_checkpoint(base_dir, device=device, dtype=torch.float32).train()
-    trainer = Trainer(cfg, model, device, name="sft", resume_dir=resume_dir(ctx), log=ctx.log, progress=ctx.progress)
-    rows = Rows(packed, cfg.micro_batch, cfg.seed)
-    val_rows = Rows(val_packed, 1, cfg.seed) if val_packed.input_ids else None
-    val = [{k: v.to(device) for k, v in val_rows.batch(i).items()} for i in range(min(cfg.eval_batches, len(val_rows.ids)))] \
-        if val_rows is not None else []
-    if not val:
-        raise TrainingFailed("sft: no held-out trajectory to measure the held-out loss on")
-    result = trainer.fit(rows.batch, val, lambda step: wsd_lr(step, cfg), tokens_per_step=cfg.micro_batch *
-                         cfg.grad_accum * cfg.seq_len, seq_len=cfg.seq_len)
-    save_checkpoint(model.eval(), wd / "model")
-    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        shutil.copy(base_dir / f, wd / "model" / f)
-    trainer.checkpointer.clear()
-    df = pd.DataFrame(result.telemetry)
-    df.to_parquet(wd / "telemetry.parquet")
+    save_rows(packed, wd / "rows.npz")
+    save_rows(val_packed, wd / "val_rows.npz")
+    job = {"cfg": cfg.model_dump(mode="json"), "base": str(base_dir), "workdir": str(wd),
+           "train_rows": str(wd / "rows.npz"), "val_rows": str(wd / "val_rows.npz"), "resume": str(resume_dir(ctx))}
+    result = launch(ENTRY, job, wd, cfg.nproc, cfg.steps, "sft", ctx.log, ctx.progress) if cfg.nproc > 1 else \
+        train_worker(job, ctx.log, ctx.progress)
+    for f in ("rows.npz", "val_rows.npz", "progress.json", "summary.json"):
+        (wd / f).unlink(missing_ok=True)
+    df = pd.read_parquet(wd / "telemetry.parquet")
     turns = call_turns(held_rows, cfg.eval_turns, cfg.seed)
     before = evaluate(base_dir, cfg, turns, syn, heldout_ids)
     after = evaluate(wd / "model", cfg, turns, syn, heldout_ids)
     vals = df.val_loss.dropna()
-    initial_val = float(vals.iloc[0])
-    plot(df, result.final_val_loss, before, after, wd / "sft.png")
+    initial_val, final_val = float(vals.iloc[0]), result["final_val_loss"]
+    plot(df, final_val, before, after, wd / "sft.png")
     trained_tokens = sum(sum(e.mask) for e in kept)
     metrics = {
         "conversations": len(convs), "trained_conversations": len(kept), "dropped": len(dropped),
         **{f"dropped_{r}": sum(d["reason"] == r for d in dropped) for r in REASONS},
         "heldout_conversations": len(val_kept), "heldout_dropped": len(val_dropped), "packed_rows": len(packed.input_ids),
         "packing_fill": round(sum(len(e.ids) for e in kept) / (len(packed.input_ids) * cfg.seq_len), 4),
-        "trained_tokens": trained_tokens, "steps": len(df), "initial_loss": float(df.loss.iloc[0]),
+        "trained_tokens": trained_tokens, "steps": len(df), "processes": cfg.nproc, "initial_loss": float(df.loss.iloc[0]),
         "final_loss": float(df.loss.iloc[-5:].mean()), "initial_val_loss": initial_val,
-        "final_val_loss": result.final_val_loss, "val_loss_drop": initial_val - result.final_val_loss,
+        "final_val_loss": final_val, "val_loss_drop": initial_val - final_val,
         "nan_steps": int((~np.isfinite(df.loss)).sum()), "heldout_in_train": len(leaked),
         "tokens_per_s_median": float(df.tokens_per_s.median()), "base": f"pretrain/{ctx.inputs['pretrain'].version}",
         **{f"before_{k}": v for k, v in before.items()}, **{f"after_{k}": v for k, v in after.items()},

@@ -20,7 +20,7 @@ def pretrained(tmp_path_factory):
             "pins": {o.stage: o.version for o in outs}}
 
 
-def run_stage(pre, stage: str, sets: list[str], pins: dict[str, str] | None = None):
+def run_stage(pre, stage: str, sets: list[str], pins: dict[str, str] | None = None, log=lambda *_: None):
     """Plan `stage` against the fixture's upstream (and `pins`), execute it; the outcome and store."""
     from k2core.config import load_config
     from k2core.pipeline import plan
@@ -31,4 +31,4 @@ def run_stage(pre, stage: str, sets: list[str], pins: dict[str, str] | None = No
     cfg = load_config(overrides=[*SMALL, f"store.uri={pre['store']}", *pre["sets"], *sets])
     store = open_store(pre["store"])
     [p] = plan(cfg, store, [stage], pinned={**pre["pins"], **(pins or {})})
-    return execute(p, cfg, store, force=True, log=lambda *_: None), store
+    return execute(p, cfg, store, force=True, log=log), store

@@ -59,3 +59,32 @@ def test_train_step_equals_the_step_written_out(tmp_path):
     assert r.stats.clipped_heads == stats.clipped_heads > 0               # tau 0.08: QK-Clip acted
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(p, q), name
+
+
+def test_masked_micro_batches_give_the_global_token_mean():
+    """Micro-batches holding different numbers of labelled tokens (SFT's assistant-only loss):
+    the step's loss and gradient are the per-token mean over the whole batch, as one forward over
+    all rows gives — not the mean of the micro-batches' means."""
+    from k2core.config import PretrainConfig
+    from k2core.train.loop import autocast, build_model, forward_backward, token_weights
+
+    cfg = PretrainConfig(preset="tiny", model={"vocab_size": 64, "seq_aux_loss_alpha": 0.0}, seed=3)
+    device = torch.device("cpu")
+    a, b = build_model(cfg, None, device), build_model(cfg, None, device)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 64, (2, 16), generator=g)
+    y = x.clone()
+    y[0, :13] = -100                     # row 0: 3 labelled (predicted) tokens, row 1: 15
+    micro = [{"input_ids": x[:1], "labels": y[:1]}, {"input_ids": x[1:], "labels": y[1:]}]
+    w = token_weights(micro, 1, device)
+    assert [float(v) for v in w] == pytest.approx([2 * 3 / 18, 2 * 15 / 18])
+    for p in b.parameters():
+        p.requires_grad_(True)
+    whole = b(x, labels=y).loss
+    whole.backward()
+    got = sum(forward_backward(a, m, autocast(device), 2, wi)[0] for m, wi in zip(micro, w)) / 2
+    assert abs(float(got) - float(whole.detach())) < 1e-6
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        if q.grad is not None:
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-7, msg=name)
+    assert [float(v) for v in token_weights([{"input_ids": x, "labels": x}] * 3, 1, device)] == [1.0, 1.0, 1.0]
