@@ -5,6 +5,8 @@ K2-format text: a random model writes no tool call) and the native engine on a r
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 
@@ -132,3 +134,106 @@ def test_native_engine_streams_what_it_answers(checkpoint):  # noqa: F811
         assert whole.usage.completion_tokens >= 1
     finally:
         server.should_exit = True
+
+
+ASK = [{"role": "user", "content": "What is the weather in Zürich?"}]
+ANSWER = {"role": "assistant", "content": None, "tool_calls": [{"id": "functions.get_weather:0", "type": "function",
+          "function": {"name": "get_weather", "arguments": json.dumps({"city": "Zürich", "unit": {"temp": "°C"}},
+                                                                      ensure_ascii=False)}}]}
+
+
+@pytest.fixture(scope="module")
+def caller(tmp_path_factory):
+    """A tiny-vllm checkpoint trained (assistant-only loss on K2's chat format) until its greedy
+    answer to ASK is ANSWER's tool call: a model that really calls a tool, for serving tests."""
+    import torch
+
+    from k2core.data.tokenize import save_tokenizer, train_tokenizer
+    from k2core.model import K2ForCausalLM, ModelConfig
+    from k2core.model.checkpoint import save_checkpoint
+
+    out = tmp_path_factory.mktemp("caller") / "model"
+    conv = [*ASK, ANSWER]
+    tok = train_tokenizer([chat.render(conv, [WEATHER])] * 4, vocab_size=400, min_frequency=1)
+    ids, mask = chat.encode(tok, conv, [WEATHER])
+    torch.manual_seed(0)
+    model = K2ForCausalLM(ModelConfig.preset("tiny-vllm", vocab_size=tok.get_vocab_size())).init_weights(0)
+    x = torch.tensor([ids])
+    target = torch.where(torch.tensor(mask[1:], dtype=torch.bool), x[0, 1:], -100)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(300):
+        loss = torch.nn.functional.cross_entropy(model(x).logits[0, :-1], target, ignore_index=-100)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if loss.item() < 1e-3:
+            break
+    assert loss.item() < 0.01, loss.item()
+    save_checkpoint(model.eval(), out)
+    save_tokenizer(tok, out, seq_len=512)
+    return out
+
+
+def _vllm_server(py: str, model: Path, port: int, tmp: Path):
+    import subprocess
+
+    env = {**os.environ, "VLLM_TARGET_DEVICE": "cpu", "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
+           "DO_NOT_TRACK": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    log = open(tmp / "vllm.log", "w")
+    # the rotary op off and the reference MLA backend: the CPU settings of k2core/infer/vllm_worker.py
+    cmd = [py, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--served-model-name", "k2-test",
+           "--dtype", "float32", "--enforce-eager", "--compilation-config", '{"custom_ops": ["-rotary_embedding"]}',
+           "--attention-backend", "CPU_MLA", "--max-model-len", "512", "--tool-call-parser", "kimi_k2",
+           "--enable-auto-tool-choice", "--host", "127.0.0.1", "--port", str(port)]
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp), tmp / "vllm.log"
+
+
+def _wait_healthy(proc, url: str, log: Path, timeout: float = 600) -> None:
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"vLLM's server exited ({proc.returncode}):\n{log.read_text()[-4000:]}")
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2):
+                return
+        except OSError:
+            time.sleep(2)
+    pytest.fail(f"vLLM's server not up after {timeout:.0f} s:\n{log.read_text()[-4000:]}")
+
+
+@pytest.mark.slow
+def test_vllm_and_k2_serve_return_the_same_tool_call(caller, tmp_path):
+    """The same checkpoint served by `k2 serve` and by vLLM's CPU build with its kimi_k2 parser: the
+    openai client gets the same OpenAI tool call from both — the one the model was trained to make
+    (unicode and nested JSON arguments)."""
+    import socket
+
+    from openai import OpenAI
+
+    from tests.k2core.model.test_vllm import vllm_python
+
+    py = vllm_python()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc, log = _vllm_server(py, caller, port, tmp_path)
+    server, url = serve(NativeLLM(caller, device="cpu"))
+    try:
+        _wait_healthy(proc, f"http://127.0.0.1:{port}", log)
+        answers = {}
+        for name, base in (("k2", url), ("vllm", f"http://127.0.0.1:{port}/v1")):
+            r = OpenAI(base_url=base, api_key="none").chat.completions.create(
+                model="k2-test", messages=ASK, tools=[WEATHER], max_tokens=48, temperature=0)
+            msg = r.choices[0].message
+            assert msg.tool_calls, (name, msg)
+            answers[name] = [(c.id, c.function.name, json.loads(c.function.arguments)) for c in msg.tool_calls]
+        want = ANSWER["tool_calls"][0]
+        assert answers["k2"] == answers["vllm"] == [
+            (want["id"], "get_weather", json.loads(want["function"]["arguments"]))]
+    finally:
+        server.should_exit = True
+        proc.terminate()
+        proc.wait(timeout=60)
