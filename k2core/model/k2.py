@@ -11,6 +11,8 @@ K experts per token, I expert width, M = B·T tokens.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import os
 from dataclasses import dataclass
@@ -119,7 +121,7 @@ class MLA(nn.Module):
 
     def forward(self, x_BTH: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 cache: "LayerCache | None" = None, want_max_logit: bool = False,
-                spans: "list[tuple[int, int, int]] | None" = None):
+                segment_ids: torch.Tensor | None = None):
         B, T, _ = x_BTH.shape
         if self._fused_a is not None and not torch.is_grad_enabled():
             qa, kv_a = F.linear(x_BTH, self._fused_a).split([self.cfg.q_lora_rank, self.kv_lora_rank + self.dr], -1)
@@ -146,19 +148,40 @@ class MLA(nn.Module):
         k = torch.cat([k_nope, k_rope_BSD[:, :, None].expand(B, S, self.num_heads, self.dr)],
                       dim=-1).transpose(1, 2)                                         # B N S Dqk
         v = v_BSND.transpose(1, 2)
-        if spans is not None:   # packed sequences: causal attention within each (row, start, end) span
-            out = torch.zeros_like(q[..., :v.shape[-1]])
-            max_logit = None
-            for b, a, e in spans:
-                qs, ks = q[b:b + 1, :, a:e], k[b:b + 1, :, a:e]
-                out[b:b + 1, :, a:e] = _sdpa(qs, ks, v[b:b + 1, :, a:e], None, self.scale)
-                if want_max_logit:
-                    m = self._max_logit(qs, ks, None)
-                    max_logit = m if max_logit is None else torch.maximum(max_logit, m)
+        if segment_ids is not None:   # packed sequences: causal attention within each segment
+            out, max_logit = self._packed(q, k, v, segment_ids, want_max_logit)
             return self.o_proj(out.transpose(1, 2).reshape(B, T, -1)), max_logit
         max_logit = self._max_logit(q, k, mask_BTS) if want_max_logit else None
         out = _sdpa(q, k, v, mask_BTS, self.scale)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, -1)), max_logit
+
+    @torch.compiler.disable
+    def _packed(self, q, k, v, segment_ids, want_max_logit: bool):
+        """Causal attention within each (row, start, end) span of equal segment ids (cost Σ len²):
+        on CUDA one variable-length flash call over all spans (V padded to the q/k head dim), else
+        one attention per span. Eager under torch.compile: the spans differ from batch to batch, and
+        a compiled graph would be specialised (recompiled) on each batch's list of spans."""
+        spans = segment_spans(segment_ids)
+        B, N, T, dqk = q.shape
+        dv = v.shape[-1]
+        varlen = _varlen_attn() if q.is_cuda and q.dtype in (torch.bfloat16, torch.float16) else None
+        if varlen is not None:
+            flat = lambda t: t.transpose(1, 2).reshape(B * T, N, t.shape[-1])  # noqa: E731 — B N T D -> (B T) N D
+            cu = torch.tensor([0] + [b * T + e for b, _, e in spans], dtype=torch.int32, device=q.device)
+            longest = max(e - a for _, a, e in spans)
+            o = varlen(flat(q), flat(k), flat(F.pad(v, (0, dqk - dv))), cu, cu, longest, longest, scale=self.scale)
+            out = o[..., :dv].reshape(B, T, N, dv).transpose(1, 2)
+        else:
+            out = torch.zeros_like(q[..., :dv])
+            for b, a, e in spans:
+                out[b:b + 1, :, a:e] = _sdpa(q[b:b + 1, :, a:e].contiguous(), k[b:b + 1, :, a:e].contiguous(),
+                                             v[b:b + 1, :, a:e].contiguous(), None, self.scale)
+        max_logit = None
+        if want_max_logit:
+            for b, a, e in spans:
+                m = self._max_logit(q[b:b + 1, :, a:e], k[b:b + 1, :, a:e], None)
+                max_logit = m if max_logit is None else torch.maximum(max_logit, m)
+        return out, max_logit
 
     def _absorbed(self, q_nope, q_rope, kv_BSX, mask_BTS):
         """softmax(q·k) v computed against the latent cache (DeepSeek-V2 appendix: W_UK, W_UV absorbed).
@@ -199,13 +222,36 @@ class MLA(nn.Module):
 ATTN_BACKEND = os.environ.get("K2_ATTN", "cudnn")
 
 
+@functools.cache
+def _varlen_attn():
+    """torch's variable-length flash attention, causal, as ``f(q, k, v, cu_q, cu_k, max_q, max_k,
+    scale=)``; None where this torch has none (its causal flag changed from ``is_causal`` to
+    ``window_size`` between releases)."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    params = inspect.signature(varlen_attn).parameters
+    causal = {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True} if "is_causal" in params \
+        else None
+    if causal is None:
+        return None
+    return functools.partial(varlen_attn, **causal)
+
+
 def _sdpa(q, k, v, mask_BTS, scale):
     dv, dqk = v.shape[-1], q.shape[-1]
     if q.is_cuda and mask_BTS is None and ATTN_BACKEND == "cudnn" and q.dtype in (torch.bfloat16, torch.float16):
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
-        with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+        try:
+            with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+                return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+        except RuntimeError as e:   # a shape cuDNN declines (seen on short packed spans): the next kernel
+            if "No available kernel" not in str(e):
+                raise
+            with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
+                return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
     pad = q.is_cuda and dv < dqk and mask_BTS is None and ATTN_BACKEND == "flash"
     if pad:   # flash attention needs equal head dims: pad V with zeros, slice the output
         v = F.pad(v, (0, dqk - dv))
@@ -407,8 +453,8 @@ class Block(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x, cos, sin, cache=None, want_max_logit=False, spans=None):
-        a, max_logit = self.self_attn(self.input_layernorm(x), cos, sin, cache, want_max_logit, spans)
+    def forward(self, x, cos, sin, cache=None, want_max_logit=False, segment_ids=None):
+        a, max_logit = self.self_attn(self.input_layernorm(x), cos, sin, cache, want_max_logit, segment_ids)
         x = x + a
         if isinstance(self.mlp, MoE):
             m, aux = self.mlp(self.post_attention_layernorm(x))
@@ -534,11 +580,9 @@ class K2ForCausalLM(nn.Module):
         B, T = input_ids.shape
         emb = self.model.embed_tokens
         x = _embed_eager(emb, input_ids) if torch.is_grad_enabled() else emb(input_ids)
-        spans = None
         if segment_ids is not None:
             if cache is not None:
                 raise ValueError("segment_ids (packed sequences) is for training / scoring, not with a cache")
-            spans = segment_spans(segment_ids)
             if positions is None:
                 positions = segment_positions(segment_ids)
         if positions is None:
@@ -546,7 +590,7 @@ class K2ForCausalLM(nn.Module):
         cos, sin = self.rotary(positions, x.dtype)
         max_logits, aux_total = [], None
         for i, layer in enumerate(self.model.layers):
-            x, ml, aux = layer(x, cos, sin, cache.layer(i) if cache is not None else None, want_max_logits, spans)
+            x, ml, aux = layer(x, cos, sin, cache.layer(i) if cache is not None else None, want_max_logits, segment_ids)
             if ml is not None:
                 max_logits.append(ml)
             if aux is not None:

@@ -3,9 +3,11 @@ positions restarting — each conversation's logits and loss are what they are a
 tolerance (the SFT stage packs conversations this way)."""
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
+from k2core.model import ModelConfig
 from k2core.model.k2 import segment_positions
 from tests.k2core.conftest import random_model, small_config
 
@@ -40,3 +42,66 @@ def test_a_packed_conversation_computes_what_it_computes_alone():
     with torch.no_grad():
         total = model(packed, labels=labels, segment_ids=seg).loss
     assert torch.allclose(total, pack_losses[labels[0, 1:] != -100].mean(), atol=1e-6)
+
+
+def test_compiled_model_is_not_recompiled_for_each_packing():
+    """Under torch.compile (as the trainer runs on GPUs) a new batch with other segment boundaries
+    reuses the compiled graphs: the per-span attention runs eagerly instead of being specialised on
+    each batch's spans. (Counted with dynamo's frame counter; eager backend, so no C++ build; dense
+    layers: CPU grouped_mm takes only bf16 under fake tensors.)"""
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = random_model(ModelConfig.preset("tiny", num_hidden_layers=2, first_k_dense_replace=2,
+                                            vocab_size=128)).float().train()
+    counter = CompileCounter()
+    net = torch.compile(model, backend=counter)
+    frames = []
+    for lengths in ([7, 11, 5, 9], [3, 29], [10, 10, 10, 2], [1, 4, 4, 4, 4, 4, 4, 7]):
+        seg = torch.cat([torch.full((n,), i) for i, n in enumerate(lengths)])[None]
+        ids = torch.randint(0, 128, (1, 32))
+        out = net(ids, labels=ids, segment_ids=seg, want_max_logits=True)
+        out.loss.backward()
+        frames.append(counter.frame_count)
+    assert frames[1:] == [frames[0]] * 3, frames
+    torch._dynamo.reset()
+
+
+@pytest.mark.gpu
+def test_packed_attention_on_cuda_matches_each_span_in_fp32():
+    """CUDA path (one variable-length flash call over all spans, bf16): each span's output is its own
+    causal attention computed in fp32 — nothing leaks across segments; QK-Clip's max logit is the
+    largest within-span logit; gradients flow; the compiled model trains on packed rows."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from k2core.model.k2 import MLA, segment_spans
+
+    torch.manual_seed(0)
+    cfg = small_config(vocab_size=128)
+    mla = MLA(cfg).cuda()
+    lengths = [1, 37, 200, 5, 64, 1, 12]                     # 320 tokens per row
+    seg = torch.cat([torch.full((n,), i) for i, n in enumerate(lengths)]).cuda()
+    seg = torch.stack([seg, seg.flip(0)])
+    B, N, T = 2, cfg.num_attention_heads, len(seg[0])
+    q = torch.randn(B, N, T, cfg.qk_head_dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    k = torch.randn(B, N, T, cfg.qk_head_dim, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn(B, N, T, cfg.v_head_dim, device="cuda", dtype=torch.bfloat16)
+    out, max_logit = mla._packed(q, k, v, seg, True)
+    ref = torch.zeros(B, N, T, cfg.v_head_dim, device="cuda")
+    ref_max = torch.full((N,), float("-inf"), device="cuda")
+    for b, a, e in segment_spans(seg):
+        s = (q[b, :, a:e].float() @ k[b, :, a:e].float().transpose(-1, -2)) * mla.scale
+        s = s.masked_fill(~torch.ones(e - a, e - a, dtype=torch.bool, device="cuda").tril(), float("-inf"))
+        ref[b, :, a:e] = s.softmax(-1) @ v[b, :, a:e].float()
+        ref_max = torch.maximum(ref_max, s.amax(dim=(-1, -2)))
+    assert (out.float() - ref).abs().max().item() < 3e-2
+    torch.testing.assert_close(max_logit.float(), ref_max, atol=0.05, rtol=0.01)
+    out.float().sum().backward()
+    assert q.grad is not None and torch.isfinite(q.grad).all()
+    model = random_model(cfg).cuda().train()
+    ids = torch.randint(0, 128, (B, T), device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = torch.compile(model)(ids, labels=ids, segment_ids=seg, want_max_logits=True).loss
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
