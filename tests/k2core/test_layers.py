@@ -22,6 +22,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("k2core.infer",),                                                 # engines and the LLM interface
     ("k2core.agentic",),                                               # tools, tasks, rollouts, synthesis
     ("k2core.train",),                                                 # the loop and the training stages
+    ("k2core.rl",),                                                    # the gym, the K1.5 loss (the rl stage)
     ("k2core.data",),                                                  # the pre-training data stages
     ("k2core.experiments",),
     ("k2core.pipeline",),                                              # the composition root

@@ -166,7 +166,7 @@ def caller(tmp_path_factory):
         opt.zero_grad()
         loss.backward()
         opt.step()
-        if loss.item() < 1e-3:
+        if loss.item() < 3e-3:            # greedy decoding then reproduces the call (asserted below)
             break
     assert loss.item() < 0.01, loss.item()
     save_checkpoint(model.eval(), out)
