@@ -25,8 +25,19 @@ def k15_loss(logp: torch.Tensor, logp_old: torch.Tensor, rewards: torch.Tensor, 
     if logp.shape != logp_old.shape or logp.shape != rewards.shape or logp.dim() != 2:
         raise ValueError(f"k15_loss: logp {tuple(logp.shape)}, logp_old {tuple(logp_old.shape)} and rewards "
                          f"{tuple(rewards.shape)} must all be [prompts, K]")
-    adv = rewards - rewards.mean(dim=1, keepdim=True)
-    return (adv - tau * (logp - logp_old.detach())).pow(2).mean()
+    return k15_terms(logp, logp_old, advantages(rewards), tau).mean()
+
+
+def advantages(rewards: torch.Tensor) -> torch.Tensor:
+    """r_i − r̄ per prompt: `rewards` [P, K] → [P, K] (K1.5's baseline: the mean of the K rewards)."""
+    return rewards - rewards.mean(dim=1, keepdim=True)
+
+
+def k15_terms(logp: torch.Tensor, logp_old: torch.Tensor, adv: torch.Tensor, tau: float) -> torch.Tensor:
+    """Each response's squared residual (adv − τ·(log π_θ − log π_old))², any shape: with the
+    advantages computed per prompt first, the loss is a mean over responses, so it splits over
+    micro-batches and ranks exactly."""
+    return (adv - tau * (logp - logp_old.detach())).pow(2)
 
 
 def budget_penalty(rewards: list[float], truncated: list[bool], penalty: float) -> list[float]:

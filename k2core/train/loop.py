@@ -1,8 +1,9 @@
 """The one training loop (torchtitan's `train.py` in levels): pre-training, SFT and RL differ only in
 their batch source, schedule and what they export.
 
+    Objective          what a micro-batch's loss is: the LM loss (pretrain, sft) or RL's (K1.5)
     forward_backward   one micro-batch: forward (bf16 autocast on GPU), loss · weight / grad_accum, backward
-    token_weights      the weights that make a step's loss the global batch's per-token mean
+    token_weights      the weights that make a step's loss the global batch's mean per unit (token)
     train_step         micro-batches (DDP reduces once, on the last), global-norm clip,
                        MuonClip.step(max_logits) (QK-Clip), routing-bias update; one telemetry row
     Trainer.fit        the loop: calls the components below, step by step, and the callbacks
@@ -259,26 +260,45 @@ class _NonFinite(Exception):
 
 
 # ---------------------------------------------------------------------------- one step
-def forward_backward(net, batch: Batch, amp, grad_accum: int = 1,
-                     weight: torch.Tensor | float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+class Objective:
+    """What a step minimises over one micro-batch: the language-model loss by default (pretrain,
+    sft); RL supplies its own (K1.5's). ``loss`` returns (mean loss over the micro-batch's units,
+    per-head max logits [layers, heads]); ``units`` counts those units (labelled tokens here), so
+    the step's loss is the mean over every unit of the global batch."""
+
+    def loss(self, net, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        out = net(**batch, want_max_logits=True)
+        return out.loss, out.max_logits
+
+    def units(self, batch: Batch) -> torch.Tensor | None:
+        return (batch["labels"][:, 1:] != -100).sum() if "labels" in batch else None
+
+
+LM = Objective()
+
+
+def forward_backward(net, batch: Batch, amp, grad_accum: int = 1, weight: torch.Tensor | float = 1.0,
+                     objective: Objective = LM) -> tuple[torch.Tensor, torch.Tensor]:
     """(weight · loss, per-head max logits) of one micro-batch; its gradients (· weight / grad_accum)
     accumulate."""
     with amp:
-        out = net(**batch, want_max_logits=True)
-    loss = out.loss * weight
+        loss, max_logits = objective.loss(net, batch)
+    loss = loss * weight
     (loss / grad_accum).backward()
-    return loss.detach().float(), out.max_logits
+    return loss.detach().float(), max_logits
 
 
-def token_weights(micro: list[Batch], world: int, device: torch.device) -> list[torch.Tensor] | list[float]:
-    """Per micro-batch loss weights that make the step's loss the mean over every labelled token of
-    the global batch (all micro-batches, all ranks), as one process with the whole batch in one
-    forward would compute it: weight_i = n_i · grad_accum · world / Σ n. Rows with masked labels
-    (SFT's assistant-only loss) hold different token counts; with equal counts (pre-training) every
-    weight is exactly 1.0, so those runs are bit-for-bit what they were."""
-    if not micro or "labels" not in micro[0]:
+def token_weights(micro: list[Batch], world: int, device: torch.device,
+                  objective: Objective = LM) -> list[torch.Tensor] | list[float]:
+    """Per micro-batch loss weights that make the step's loss the mean over every unit (labelled
+    token, for the LM objective) of the global batch (all micro-batches, all ranks), as one process
+    with the whole batch in one forward would compute it: weight_i = n_i · grad_accum · world / Σ n.
+    Rows with masked labels (SFT's assistant-only loss) hold different token counts; with equal
+    counts (pre-training) every weight is exactly 1.0, so those runs are bit-for-bit what they were."""
+    units = [objective.units(b) for b in micro]
+    if not micro or any(u is None for u in units):
         return [1.0] * len(micro)
-    counts = torch.stack([(b["labels"][:, 1:] != -100).sum() for b in micro]).double()
+    counts = torch.stack([torch.as_tensor(u) for u in units]).double()
     total = counts.sum()
     if world > 1:
         import torch.distributed as dist
@@ -297,7 +317,7 @@ class StepResult:
 
 def train_step(model, opt, micro_batches: Iterable[Batch], *, amp, grad_clip: float | None,
                device: torch.device, grad_accum: int = 1, net=None, ddp=None, world: int = 1,
-               check_finite: bool = True) -> StepResult:
+               check_finite: bool = True, objective: Objective = LM) -> StepResult:
     """`grad_accum` micro-batches (DDP reduces once, on the last), each weighted by its share of the
     global batch's labelled tokens (`token_weights`), the global batch's loss, S_max
     and expert loads across ranks, global-norm clipping, ``opt.step(max_logits=S_max)`` (QK-Clip),
@@ -306,10 +326,11 @@ def train_step(model, opt, micro_batches: Iterable[Batch], *, amp, grad_clip: fl
     net = net if net is not None else model
     loss_sum, S = torch.zeros((), device=device), None
     micro_batches = list(micro_batches)
-    for micro, (batch, w) in enumerate(zip(micro_batches, token_weights(micro_batches, world, device))):
+    weights = token_weights(micro_batches, world, device, objective)
+    for micro, (batch, w) in enumerate(zip(micro_batches, weights)):
         last = micro == grad_accum - 1
         with ddp.no_sync() if ddp is not None and not last else contextlib.nullcontext():
-            loss, max_logits = forward_backward(net, batch, amp, grad_accum, w)
+            loss, max_logits = forward_backward(net, batch, amp, grad_accum, w, objective)
         loss_sum += loss
         S = max_logits if S is None else torch.maximum(S, max_logits)
     if world > 1:
@@ -345,10 +366,10 @@ class Trainer:
     wraps it (DDP across ranks, torch.compile on GPUs), builds MuonClip from ``cfg.optim``."""
 
     def __init__(self, cfg, model, device: torch.device, *, name: str, resume_dir: Path, log, progress,
-                 progress_file: Path | None = None, callbacks: Iterable[Callback] = ()):
+                 progress_file: Path | None = None, callbacks: Iterable[Callback] = (), objective: Objective = LM):
         import torch.distributed as dist
 
-        self.cfg, self.model, self.device, self.name = cfg, model, device, name
+        self.cfg, self.model, self.device, self.name, self.objective = cfg, model, device, name, objective
         self.rank, self.world = dist_info()
         self.log = log if self.rank == 0 else (lambda m: None)   # rank 0 speaks for the job
         self.progress = progress
@@ -384,6 +405,7 @@ class Trainer:
         ga = self.cfg.grad_accum
         micro = (self._place(batch_at(step * ga + m)) for m in range(ga))
         return train_step(self.model, self.opt, micro, net=self.net, amp=self.amp, grad_accum=ga,
+                          objective=self.objective,
                           grad_clip=self.cfg.grad_clip, device=self.device, ddp=self.ddp, world=self.world)
 
     # ------------------------------------------------------------------ the loop
