@@ -241,17 +241,13 @@ def _varlen_attn():
 
 def _sdpa(q, k, v, mask_BTS, scale):
     dv, dqk = v.shape[-1], q.shape[-1]
-    if q.is_cuda and mask_BTS is None and ATTN_BACKEND == "cudnn" and q.dtype in (torch.bfloat16, torch.float16):
+    # cuDNN declines a key length of 1 ("No available kernel", measured on the H200): PyTorch picks there
+    if q.is_cuda and mask_BTS is None and ATTN_BACKEND == "cudnn" and q.dtype in (torch.bfloat16, torch.float16) \
+            and k.shape[-2] > 1:
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
-        try:
-            with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
-                return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
-        except RuntimeError as e:   # a shape cuDNN declines (seen on short packed spans): the next kernel
-            if "No available kernel" not in str(e):
-                raise
-            with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
-                return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+        with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
     pad = q.is_cuda and dv < dqk and mask_BTS is None and ATTN_BACKEND == "flash"
     if pad:   # flash attention needs equal head dims: pad V with zeros, slice the output
         v = F.pad(v, (0, dqk - dv))
