@@ -4,7 +4,7 @@
 
 TOKENS_DIR is a committed `tokenize` artifact (e.g. k2-store/artifacts/tokenize/<version>, made by
 `k2 run --profile h200 --stages ingest..tokenize`). Runs exactly what the stage runs — `train` in
-process, or `launch` (torchrun, one process per GPU, the same global batch) with --nproc > 1 — for
+process, or torchrun (one process per GPU, the same global batch) with --nproc > 1 — for
 machines without the CLI's Prefect / Dask / Great Expectations. Prints one JSON line (median
 tokens/s and MFU over the steps after the first 5, losses, wall time) and a table; telemetry,
 summary and plot are copied to --out.
@@ -30,8 +30,8 @@ import torch  # noqa: E402
 
 from k2core.config import load_config  # noqa: E402
 from k2core.progress import Progress  # noqa: E402
-from k2core.train.loop import launch  # noqa: E402
-from k2core.train.pretrain import ENTRY, Job, train  # noqa: E402
+from k2core.train.loop import train_job  # noqa: E402
+from k2core.train.pretrain import ENTRY, Job  # noqa: E402
 
 
 def main() -> int:
@@ -57,8 +57,7 @@ def main() -> int:
     if args.profile_steps:
         return profile(job, cfg, args.profile_steps)
     t0 = time.perf_counter()
-    summary = launch(ENTRY, job.__dict__, work, args.nproc, cfg.steps, "pretrain", print, Progress) if args.nproc > 1 \
-        else train(job, print, Progress)
+    summary = train_job(ENTRY, job.__dict__, work, args.nproc, cfg.steps, "pretrain", print, Progress)
     wall = time.perf_counter() - t0
 
     import pandas as pd

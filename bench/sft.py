@@ -107,7 +107,7 @@ def build(args, work: Path):
     return base, tok, kept, dropped, cfg
 
 
-def run_k2(args, base: Path, tok, kept, cfg, work: Path) -> dict:
+def run_k2(base: Path, tok, kept, cfg, work: Path) -> dict:
     import pandas as pd
 
     from k2core.progress import Progress
@@ -118,10 +118,7 @@ def run_k2(args, base: Path, tok, kept, cfg, work: Path) -> dict:
     packed = pack(kept, cfg.seq_len, tok.token_to_id(PAD))
     wd = work / "k2"
     wd.mkdir()
-    sft.save_rows(packed, wd / "rows.npz")
-    sft.save_rows(packed, wd / "val_rows.npz")
-    job = {"cfg": cfg.model_dump(mode="json"), "base": str(base), "workdir": str(wd), "train_rows": str(wd / "rows.npz"),
-           "val_rows": str(wd / "val_rows.npz"), "resume": str(work / "k2-resume")}
+    job = sft.make_job(cfg, base, wd, packed, packed, work / "k2-resume")
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     sft.train_worker(job, print, Progress)
@@ -134,7 +131,7 @@ def run_k2(args, base: Path, tok, kept, cfg, work: Path) -> dict:
             "optimizer": "MuonClip", "max_mem_gb": _mem()}
 
 
-def run_trl(args, base: Path, kept, cfg, work: Path, compile_: bool = False) -> dict:
+def run_trl(base: Path, kept, cfg, work: Path, compile_: bool = False) -> dict:
     from datasets import Dataset
     from transformers import AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
@@ -278,8 +275,8 @@ def main() -> int:
     for impl in args.impl.split(","):
         if impl not in ("k2", "trl", "trl-compile"):
             raise SystemExit(f"--impl: unknown {impl!r} (k2, trl, trl-compile)")
-        r = run_k2(args, base, tok, kept, cfg, work) if impl == "k2" else \
-            run_trl(args, base, kept, cfg, work, compile_=impl == "trl-compile")
+        r = run_k2(base, tok, kept, cfg, work) if impl == "k2" else \
+            run_trl(base, kept, cfg, work, compile_=impl == "trl-compile")
         results.append(r)
         print(json.dumps(summarise(r, args.skip)), flush=True)
     rows = [summarise(r, args.skip) for r in results]

@@ -72,14 +72,22 @@ def reference(name: str) -> Callable[..., Any]:
     return ns[name]
 
 
+def computed_tests(name: str, rng: random.Random, n: int) -> list[tuple[list, Any]]:
+    """`n` (arguments, expected) pairs for problem `name`: seeded inputs, the reference's outputs
+    (JSON-normalised, as the sandbox harness reports them)."""
+    gen = next(g for p, _, _, g in PROBLEMS if p == name)
+    ref = reference(name)
+    out = []
+    for _ in range(n):
+        args = gen(rng)
+        out.append((args, json.loads(json.dumps(ref(*args)))))
+    return out
+
+
 def make_task(index: int, seed: int, n_tests: int = 6) -> dict[str, Any]:
     rng = random.Random(seed * 1_000_003 + index)
-    name, signature, statement, gen = PROBLEMS[index % len(PROBLEMS)]
-    ref = reference(name)
-    tests = []
-    for _ in range(n_tests):
-        args = gen(rng)
-        tests.append({"args": args, "expected": json.loads(json.dumps(ref(*args)))})
+    name, signature, statement, _ = PROBLEMS[index % len(PROBLEMS)]
+    tests = [{"args": args, "expected": expected} for args, expected in computed_tests(name, rng, n_tests)]
     tid = f"coding-{index}"
     request = f"Write a Python function `{signature}` that {statement}. Test it before you answer."
     return {"id": tid, "description": {"purpose": request, "relevant_policies": None,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
+import operator
 import random
 import re
 from dataclasses import dataclass, field
@@ -48,7 +49,6 @@ class Environment:
 
     name: ClassVar[str] = ""
     max_tokens: ClassVar[int] = 64          # the default budget of a response (budget control)
-    levels: ClassVar[int] = 3
 
     def generate(self, seed: int, n: int, difficulty: int = 1) -> list[Problem]:
         raise NotImplementedError
@@ -118,6 +118,9 @@ def verify_in_pool(pairs: list[tuple[str, str]], timeout_s: float = 10.0,
     return out
 
 
+_OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul}
+
+
 def _fmt(q: Fraction) -> str:
     return str(q.numerator) if q.denominator == 1 else f"\\frac{{{q.numerator}}}{{{q.denominator}}}"
 
@@ -138,7 +141,7 @@ class MathEnv(Environment):
         if level <= 1:
             a, b = rng.randint(2, 99), rng.randint(2, 99)
             op = rng.choice("+-*")
-            return f"What is {a} {op} {b}?", Fraction(eval(f"{a}{op}{b}"))      # our own integers
+            return f"What is {a} {op} {b}?", Fraction(_OPS[op](a, b))
         if level == 2:
             if rng.random() < 0.5:
                 x, a, b = rng.randint(-12, 12), rng.randint(2, 9), rng.randint(-30, 30)
@@ -170,14 +173,13 @@ class MathEnv(Environment):
                 boxed = re.findall(r"\\boxed\{([^{}]*(?:\{[^{}]*\}[^{}]*)*)\}", r or "")
                 a = boxed[-1] if boxed else None
             preds.append(a)
-        todo = [(i, p.answer, f"${preds[i]}$") for i, p in enumerate(problems) if preds[i]]
-        results = dict(zip([i for i, *_ in todo], verify_in_pool([(g, s) for _, g, s in todo], self.timeout_s)))
+        checked = iter(verify_in_pool([(p.answer, f"${a}$") for p, a in zip(problems, preds) if a], self.timeout_s))
         out = []
-        for i in range(len(problems)):
-            if not preds[i]:
+        for a in preds:
+            if not a:
                 out.append(Verdict(0.0, "unparsable: no <answer> or \\boxed{}"))
                 continue
-            ok, why = results[i]
+            ok, why = next(checked)
             out.append(Verdict(float(bool(ok)), why or ("correct" if ok else "wrong")))
         return out
 
@@ -343,9 +345,8 @@ class CodingEnv(Environment):
         rng = random.Random(f"coding/{seed}/{difficulty}")
         out = []
         for i in range(n):
-            name, signature, statement, gen = coding.PROBLEMS[rng.randrange(len(coding.PROBLEMS))]
-            ref = coding.reference(name)
-            tests = [(args, json.loads(json.dumps(ref(*args)))) for args in (gen(rng) for _ in range(self.tests))]
+            name, signature, statement, _ = coding.PROBLEMS[rng.randrange(len(coding.PROBLEMS))]
+            tests = coding.computed_tests(name, rng, self.tests)
             out.append(Problem(self.name, f"coding-{seed}-{i}", f"Write a Python function `{signature}` that {statement}. "
                                "Answer with the function in a ```python code block.", tests, difficulty,
                                {"function": name}))

@@ -510,6 +510,16 @@ def launch(entry: str, job: dict[str, Any], workdir: Path, nproc: int, steps: in
     return json.loads((wd / "summary.json").read_text())
 
 
+def train_job(entry: str, job: dict[str, Any], workdir: Path, nproc: int, steps: int, name: str, log,
+              progress) -> dict[str, Any]:
+    """`entry` (``module:function(job, log, progress)``) in this process when `nproc` is 1, else
+    under torchrun (`launch`); the rank-0 result either way."""
+    if nproc > 1:
+        return launch(entry, job, workdir, nproc, steps, name, log, progress)
+    module, _, attr = entry.partition(":")
+    return getattr(importlib.import_module(module), attr)(job, log, progress)
+
+
 class _NoBar:
     def __enter__(self):
         return self

@@ -20,7 +20,7 @@ import torch
 
 from k2core.errors import K2Error
 from k2core.stage import StageContext
-from k2core.train.loop import Trainer, TrainingFailed, build_model, dist_info, launch, pick_device
+from k2core.train.loop import Trainer, TrainingFailed, build_model, dist_info, pick_device, train_job
 
 ENTRY = "k2core.train.pretrain:train_worker"     # what each torchrun rank runs
 
@@ -125,10 +125,8 @@ class Job:
 
 def run(ctx: StageContext) -> dict[str, Any]:
     job = Job.from_ctx(ctx)
-    if ctx.cfg.nproc > 1:
-        return launch(ENTRY, job.__dict__, Path(job.workdir), ctx.cfg.nproc, ctx.cfg.steps, "pretrain", ctx.log,
-                      ctx.progress)
-    return train(job, ctx.log, ctx.progress)
+    return train_job(ENTRY, job.__dict__, Path(job.workdir), ctx.cfg.nproc, ctx.cfg.steps, "pretrain", ctx.log,
+                     ctx.progress)
 
 
 def train_worker(job: dict[str, Any], log, progress) -> dict[str, Any]:

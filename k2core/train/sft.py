@@ -27,7 +27,7 @@ import torch
 
 from k2core.errors import K2Error
 from k2core.stage import StageContext
-from k2core.train.loop import Trainer, TrainingFailed, pick_device
+from k2core.train.loop import Trainer, TrainingFailed, pick_device, train_job
 from k2core.train.pretrain import resume_dir, wsd_lr
 from k2core.train.sft_data import REASONS, encode, pack
 
@@ -143,6 +143,15 @@ def save_rows(packed, path: Path) -> None:
     tmp.replace(path)
 
 
+def make_job(cfg, base_dir: Path, workdir: Path, packed, val_packed, resume: Path) -> dict[str, Any]:
+    """What `train_worker` runs on (in this process or each torchrun rank): the config, the base
+    model, the packed train / held-out rows written to `workdir`, the resume directory."""
+    save_rows(packed, workdir / "rows.npz")
+    save_rows(val_packed, workdir / "val_rows.npz")
+    return {"cfg": cfg.model_dump(mode="json"), "base": str(base_dir), "workdir": str(workdir),
+            "train_rows": str(workdir / "rows.npz"), "val_rows": str(workdir / "val_rows.npz"), "resume": str(resume)}
+
+
 class Rows:
     """Packed rows as model arguments; micro-batch k is a pure function of k (resume = step). Under
     torchrun every rank builds the same micro-batch and the loop hands each its share of the rows."""
@@ -206,7 +215,6 @@ def run(ctx: StageContext) -> dict[str, Any]:
     from k2core.agentic.synthesize import read_trajectories
     from k2core.models import model_dir
     from k2core.text.special_tokens import PAD
-    from k2core.train.loop import launch
 
     cfg = ctx.cfg
     wd = ctx.workdir
@@ -228,12 +236,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     packed, val_packed = pack(kept, cfg.seq_len, pad), pack(val_kept, cfg.seq_len, pad)
     (wd / "rejects").mkdir()
     pd.DataFrame(dropped or [], columns=["index", "reason", "detail"]).to_parquet(wd / "rejects" / "dropped.parquet")
-    save_rows(packed, wd / "rows.npz")
-    save_rows(val_packed, wd / "val_rows.npz")
-    job = {"cfg": cfg.model_dump(mode="json"), "base": str(base_dir), "workdir": str(wd),
-           "train_rows": str(wd / "rows.npz"), "val_rows": str(wd / "val_rows.npz"), "resume": str(resume_dir(ctx))}
-    result = launch(ENTRY, job, wd, cfg.nproc, cfg.steps, "sft", ctx.log, ctx.progress) if cfg.nproc > 1 else \
-        train_worker(job, ctx.log, ctx.progress)
+    job = make_job(cfg, base_dir, wd, packed, val_packed, resume_dir(ctx))
+    result = train_job(ENTRY, job, wd, cfg.nproc, cfg.steps, "sft", ctx.log, ctx.progress)
     for f in ("rows.npz", "val_rows.npz", "progress.json", "summary.json"):
         (wd / f).unlink(missing_ok=True)
     df = pd.read_parquet(wd / "telemetry.parquet")

@@ -13,6 +13,7 @@ import torch
 
 from tests.k2core.agentic.conftest import pretrained, run_stage  # noqa: F401 — the session fixture
 from tests.k2core.agentic.test_synthesize import SMALL as SYN
+from tests.k2core.infer.test_server_chat import WEATHER
 from tests.k2core.train.test_pretrain import CRASH_AFTER_6
 
 pytestmark = pytest.mark.slow
@@ -60,8 +61,6 @@ def test_sft_stage_trains_reports_and_exports(pretrained, synthesized, tmp_path)
     assert "sft.png" in art.files("") and out.gate["success"]
 
 
-WEATHER = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
-            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
 
 
 def _conversation(i: int) -> tuple[list[dict], list[dict]]:
@@ -71,7 +70,7 @@ def _conversation(i: int) -> tuple[list[dict], list[dict]]:
     return ([{"role": "user", "content": f"weather in {city}?"},
              {"role": "assistant", "content": None, "tool_calls": [call]},
              {"role": "tool", "tool_call_id": call["id"], "content": f"{i % 30} C"},
-             {"role": "assistant", "content": f"It is {i % 30} C in {city}."}], WEATHER)
+             {"role": "assistant", "content": f"It is {i % 30} C in {city}."}], [WEATHER])
 
 
 def _train(pretrained, tmp, nproc: int, name: str):  # noqa: F811
@@ -98,10 +97,7 @@ def _train(pretrained, tmp, nproc: int, name: str):  # noqa: F811
     wd = tmp / name
     wd.mkdir(exist_ok=True)
     packed = pack(kept, cfg.seq_len, tok.token_to_id(PAD))
-    sft.save_rows(packed, wd / "rows.npz")
-    sft.save_rows(packed, wd / "val_rows.npz")
-    job = {"cfg": cfg.model_dump(mode="json"), "base": str(base), "workdir": str(wd), "train_rows": str(wd / "rows.npz"),
-           "val_rows": str(wd / "val_rows.npz"), "resume": str(tmp / f"resume-{name}")}
+    job = sft.make_job(cfg, base, wd, packed, packed, tmp / f"resume-{name}")
     logs: list[str] = []
     launch(sft.ENTRY, job, wd, nproc, cfg.steps, "sft", logs.append, Progress)
     return wd, logs
