@@ -129,7 +129,17 @@ def cmd_show(args) -> int:
     for name, ref in m.get("inputs", {}).items():
         print(f"  input {name}: {fmt_value(ref)}")
     print("\nmetrics:")
-    print(table([{"metric": k, "value": v} for k, v in m.get("metrics", {}).items()], ["metric", "value"]))
+    metrics = m.get("metrics", {})
+    pairs = [k[len("before_"):] for k in metrics if k.startswith("before_") and f"after_{k[7:]}" in metrics]
+    print(table([{"metric": k, "value": v} for k, v in metrics.items()
+                 if not (k.startswith(("before_", "after_")) and k.split("_", 1)[1] in pairs)], ["metric", "value"]))
+    if pairs:                                            # e.g. rl's held-out reward per task, input model vs after
+        print("\nbefore / after:")
+        print(table([{"metric": p, "before": metrics[f"before_{p}"], "after": metrics[f"after_{p}"],
+                      "change": metrics[f"after_{p}"] - metrics[f"before_{p}"]
+                      if all(isinstance(metrics[f"{w}_{p}"], (int, float)) for w in ("before", "after")) else ""}
+                     for p in pairs],
+                    ["metric", "before", "after", "change"]))
     q = m.get("quality") or {}
     print(f"\nquality gate: {'passed' if q.get('success') else 'FAILED'}")
     if q.get("results"):

@@ -257,6 +257,61 @@ class SFTConfig(TrainConfig):
     min_loss_drop: float = Field(0.0, description="gate: held-out loss must fall by at least this (nats)")
 
 
+class RLConfig(TrainConfig):
+    """The sft model trained with reinforcement learning on the verifiable-rewards gym (the `rl`
+    stage): K responses per prompt from the current policy, K1.5's loss with MuonClip through the
+    shared loop, PTX loss, per-task token budgets, temperature decay; held-out reward before / after."""
+
+    optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=2e-4))
+    steps: int = Field(60, ge=1, description="optimizer steps (iterations × updates_per_iteration)")
+    micro_batch: int = Field(32, ge=1, description="unused by rl: a step's responses are split over grad_accum "
+                                                   "micro-batches")
+    updates_per_iteration: int = Field(1, ge=1, description="optimizer steps on each iteration's rollouts "
+                                                            "(π_old stays the iteration's starting policy)")
+    tasks: list[str] = Field(default_factory=lambda: ["math", "logic", "instructions", "coding"],
+                             description="gym environments sampled every iteration (k2core/rl/gym.py)")
+    logic_tasks: list[str] | None = Field(None, description="reasoning-gym tasks of the logic environment "
+                                                            "(default: the short-answer list)")
+    prompts_per_task: int = Field(8, ge=1, description="prompts per task type and iteration")
+    samples: int = Field(4, ge=2, description="K: responses per prompt")
+    difficulty: dict[str, int] = Field(default_factory=dict, description="task -> difficulty level (default 1)")
+    max_tokens: dict[str, int] = Field(default_factory=dict, description="task -> token budget of a response "
+                                                                         "(default: the environment's)")
+    truncation_reward: float = Field(-0.5, description="budget control: the reward of a response cut at its budget")
+    length_penalty: float = Field(0.0, ge=0.0, description="weight of K1.5's length reward (0 = off)")
+    length_penalty_warmup: int = Field(0, ge=0, description="steps before the length reward starts")
+    max_draws: int = Field(2, ge=1, description="prompt draws per iteration while no group has reward spread "
+                                                "(groups whose K rewards are all equal carry no signal)")
+    tau: float = Field(1.0, gt=0.0, description="K1.5's τ: weight of the log-ratio to π_old")
+    ptx_weight: float = Field(0.1, ge=0.0, description="weight of the PTX loss (synthesize train trajectories, "
+                                                       "assistant tokens)")
+    ptx_seq_len: int = Field(2048, ge=64, description="tokens per packed PTX row")
+    temperature_start: float = Field(1.0, gt=0.0)
+    temperature_end: float = Field(0.7, gt=0.0)
+    temperature_shape: Literal["linear", "cosine", "exponential", "constant"] = "linear"
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    heldout_prompts: int = Field(16, ge=1, description="held-out prompts per task type (seeds never trained on)")
+    eval_every: int = Field(10, ge=1, description="held-out reward and loss every N steps")
+    checkpoint_every: int = Field(10, ge=1, description="resumable checkpoint every N steps")
+    log_every: int = Field(1, ge=1)
+    warmup_steps: int = Field(0, ge=0)
+    decay_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    min_lr_ratio: float = Field(1.0, ge=0.0, le=1.0)
+    min_reward_gain: float | None = Field(None, description="gate: final held-out reward >= initial + this "
+                                                            "(null: not gated, only reported)")
+
+    @model_validator(mode="after")
+    def _check_rl(self) -> "RLConfig":
+        u = self.updates_per_iteration
+        for name in ("steps", "checkpoint_every", "eval_every"):
+            if getattr(self, name) % u:
+                raise _field_error(name, f"{getattr(self, name)} must be a multiple of updates_per_iteration ({u}): "
+                                         "checkpoints and evaluations fall at iteration boundaries")
+        if self.nproc != 1:
+            raise _field_error("nproc", "rl runs rollouts and updates in one process (nproc = 1)")
+        return self
+
+
 class QKClipExperimentConfig(ModelInit):
     """`k2 experiment qk-clip`: the same small MLA model trained twice on the same byte-level text,
     with plain Muon and with MuonClip, at a learning rate high enough for attention logits to grow."""
@@ -420,6 +475,7 @@ class PipelineConfig(Section):
     tools: ToolsConfig = Field(default_factory=ToolsConfig)
     synthesize: SynthesizeConfig = Field(default_factory=SynthesizeConfig)
     sft: SFTConfig = Field(default_factory=SFTConfig)
+    rl: RLConfig = Field(default_factory=RLConfig)
 
 
 # ---------------------------------------------------------------------------- profiles
@@ -438,7 +494,9 @@ PROFILES: dict[str, dict[str, Any]] = {
              "synthesize": {"db_size": 20, "tasks_per_domain": 40, "coding_tasks": 10, "judge_sample": 16,
                             "live": {"episodes": 16, "max_turns": 4, "max_tokens": 96, "simulated_tasks": 4}},
              "sft": {"steps": 40, "micro_batch": 2, "eval_every": 20, "checkpoint_every": 20, "eval_batches": 4,
-                     "eval_turns": 16, "eval_tasks": 4, "eval_max_turns": 3, "eval_max_tokens": 96}},
+                     "eval_turns": 16, "eval_tasks": 4, "eval_max_turns": 3, "eval_max_tokens": 96},
+             "rl": {"steps": 30, "eval_every": 10, "checkpoint_every": 10, "prompts_per_task": 8, "samples": 4,
+                    "heldout_prompts": 16}},
     "h200": {"ingest": {"max_docs": None},
              "pretrain": {"preset": "h200", "steps": 600, "micro_batch": 8, "grad_accum": 16, "warmup_steps": 30,
                           "eval_every": 100, "checkpoint_every": 250, "optim": {"lr": 1e-3}}},

@@ -168,3 +168,26 @@ def sft_suite(cfg: Any) -> dict[str, Any]:
             {"metric": "metrics_computed", "min": 1},
         ],
     }
+
+
+def rl_suite(cfg: Any) -> dict[str, Any]:
+    """Telemetry rows: a finite loss every step; held-out reward measured for the input model and
+    after; no held-out prompt trained on; the reward gain gated only when `min_reward_gain` is set."""
+    checks = [
+        {"metric": "nan_steps", "max": 0},
+        {"metric": "heldout_in_train", "max": 0},
+        {"metric": "metrics_computed", "min": 1},
+        {"metric": "after_heldout_reward"},
+    ]
+    if cfg.min_reward_gain is not None:
+        checks.append({"metric": "reward_gain", "min": cfg.min_reward_gain})
+    return {
+        "name": "rl",
+        "columns": ["step", "loss", "reward"],
+        "expectations": [
+            {"type": "ExpectTableRowCountToBeBetween", "min_value": 1},
+            {"type": "ExpectColumnValuesToNotBeNull", "column": "loss"},
+            {"type": "ExpectColumnValuesToNotBeNull", "column": "reward"},
+        ],
+        "metric_checks": checks,
+    }

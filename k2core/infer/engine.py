@@ -38,6 +38,7 @@ class SamplingParams:
     top_k: int = 0                    # 0 = off
     stop_token_ids: list[int] = field(default_factory=list)
     seed: int | None = None
+    logprobs: bool = False            # also return each sampled token's log-probability (at temperature 1)
 
     def __post_init__(self):
         check_sampling(self.max_tokens, self.temperature, self.top_p)
@@ -53,6 +54,7 @@ class SamplingParams:
 class Generation:
     token_ids: list[int]
     finish_reason: str          # "stop" (a stop token, included) | "length"
+    logprobs: list[float] | None = None   # log p(token) under the model's logits (T = 1), when asked for
 
 
 def sample(logits_BV: torch.Tensor, p: SamplingParams, gen: torch.Generator | None) -> torch.Tensor:
@@ -180,6 +182,7 @@ class Engine:
         logits = self.model(ids, cache=cache, logits_to_keep=1).logits[:, -1].float()
         cache.static = step is not None   # replays attend over all max_len columns, masked
         tokens = torch.empty(B, params.max_tokens, dtype=torch.long, device=self.device)
+        lps = torch.empty(B, params.max_tokens, dtype=torch.float32, device=self.device) if params.logprobs else None
         done = torch.zeros(B, dtype=torch.bool, device=self.device)
         # without stop tokens every row runs to max_tokens: no per-step check, no host sync
         stops = torch.tensor(params.stop_token_ids, device=self.device) if params.stop_token_ids else None
@@ -188,6 +191,8 @@ class Engine:
         for t in range(params.max_tokens):
             nxt = greedy_next if greedy_next is not None else sample(logits, params, gen)
             tokens[:, t] = nxt
+            if lps is not None:
+                lps[:, t] = torch.log_softmax(logits.float(), dim=-1).gather(-1, nxt[:, None]).squeeze(-1)
             if stops is not None:
                 done |= torch.isin(nxt, stops)
             n = t + 1
@@ -201,11 +206,14 @@ class Engine:
             else:
                 logits = self._forward(nxt[:, None], cache)
         rows = tokens[:, :n].tolist()
+        lp_rows = lps[:, :n].tolist() if lps is not None else [None] * B
         stop_set = set(params.stop_token_ids)
         results = []
-        for row in rows:
+        for row, lp in zip(rows, lp_rows):
             cut = next((i for i, tok in enumerate(row) if tok in stop_set), None)
-            results.append(Generation(row[:cut + 1], "stop") if cut is not None else Generation(row, "length"))
+            end = len(row) if cut is None else cut + 1
+            results.append(Generation(row[:end], "stop" if cut is not None else "length",
+                                      lp[:end] if lp is not None else None))
         return results
 
     def _graph_for(self, batch: int, max_len: int):

@@ -410,8 +410,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def fit(self, batch_at: Callable[[int], Batch], val: list[Batch], lr_at: Callable[[int], float],
-            tokens_per_step: int, seq_len: int) -> FitResult:
-        """Train from the last good checkpoint (or step 0) to ``cfg.steps`` or the time budget."""
+            tokens_per_step: int, seq_len: int, extra: Callable[[int], dict[str, Any]] | None = None) -> FitResult:
+        """Train from the last good checkpoint (or step 0) to ``cfg.steps`` or the time budget.
+        `extra(step)`, called after the step, adds columns to its telemetry row (RL: rewards, lengths,
+        rollout seconds); its ``tokens``, when given, are the step's tokens for tokens/s."""
         from k2core.model.config import flops_per_token
         from k2core.perf import matmul_peak
 
@@ -440,13 +442,15 @@ class Trainer:
                                          f"{self.checkpointer.last_good or 'none (no checkpoint written yet)'}") from None
                 dt = time.perf_counter() - t0
                 stats = r.stats
-                row = {"step": step, "loss": r.loss, "lr": lr, "grad_norm": r.grad_norm,
-                       "tokens_per_s": tokens_per_step / dt,
-                       "mfu": (tokens_per_step * fpt / dt / peak) if fpt else None,
+                more = extra(step) if extra is not None else {}
+                tokens = more.pop("tokens", tokens_per_step)
+                row = {"step": step, "loss": r.loss, "lr": lr, "grad_norm": r.grad_norm, "step_s": dt,
+                       "tokens_per_s": tokens / dt,
+                       "mfu": (tokens * fpt / dt / peak) if fpt else None,
                        "max_logit": float(stats.max_logit.max()),
                        "max_logit_per_head": stats.max_logit.flatten().tolist(),
                        "clipped_heads": stats.clipped_heads, "min_gamma": stats.min_gamma,
-                       "expert_load_max_over_mean": imbalance(r.load), "val_loss": val_loss}
+                       "expert_load_max_over_mean": imbalance(r.load), "val_loss": val_loss, **more}
                 telemetry.append(row)
                 bar.update(1)
                 if step == start or (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:

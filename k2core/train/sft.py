@@ -152,6 +152,15 @@ def make_job(cfg, base_dir: Path, workdir: Path, packed, val_packed, resume: Pat
             "train_rows": str(workdir / "rows.npz"), "val_rows": str(workdir / "val_rows.npz"), "resume": str(resume)}
 
 
+def export_model(model, base_dir: Path, dest: Path) -> None:
+    """A Hugging Face checkpoint of `model` with the input model's tokenizer and chat template."""
+    from k2core.model.checkpoint import save_checkpoint
+
+    save_checkpoint(model, dest)
+    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(base_dir / f, dest / f)
+
+
 class Rows:
     """Packed rows as model arguments; micro-batch k is a pure function of k (resume = step). Under
     torchrun every rank builds the same micro-batch and the loop hands each its share of the rows."""
@@ -178,7 +187,7 @@ def train_worker(job: dict[str, Any], log, progress) -> dict[str, Any]:
     """Fine-tuning in this process: single, or one rank of a torchrun job (rank 0 exports the model,
     the telemetry and ``summary.json``)."""
     from k2core.config import SFTConfig
-    from k2core.model.checkpoint import load_checkpoint, save_checkpoint
+    from k2core.model.checkpoint import load_checkpoint
     from k2core.train.loop import dist_info
 
     cfg = SFTConfig.model_validate(job["cfg"])
@@ -196,9 +205,7 @@ def train_worker(job: dict[str, Any], log, progress) -> dict[str, Any]:
                          cfg.grad_accum * len(rows.ids[0]), seq_len=len(rows.ids[0]))
     if rank != 0:
         return {}
-    save_checkpoint(model.eval(), wd / "model")
-    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        shutil.copy(base_dir / f, wd / "model" / f)
+    export_model(model.eval(), base_dir, wd / "model")
     trainer.checkpointer.clear()
     import pandas as pd
 

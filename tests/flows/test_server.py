@@ -29,8 +29,11 @@ SMALL = ["ingest.max_docs=300", "pretrain.steps=30", "pretrain.eval_every=10", "
          "synthesize.db_size=8", "synthesize.judge_sample=4", "synthesize.live.episodes=4",
          "synthesize.live.max_turns=2", "synthesize.live.max_tokens=32", "synthesize.live.simulated_tasks=0",
          "sft.steps=4", "sft.micro_batch=1", "sft.eval_every=2", "sft.eval_batches=2", "sft.checkpoint_every=2",
-         "sft.warmup_steps=1", "sft.eval_turns=2", "sft.eval_tasks=1", "sft.eval_max_turns=1", "sft.eval_max_tokens=16"]
-STAGES = ["ingest", "curate", "rephrase", "tokenize", "pretrain", "tools", "synthesize", "sft"]
+         "sft.warmup_steps=1", "sft.eval_turns=2", "sft.eval_tasks=1", "sft.eval_max_turns=1", "sft.eval_max_tokens=16",
+         "rl.steps=2", "rl.eval_every=2", "rl.checkpoint_every=2", "rl.tasks=[instructions,math]",
+         "rl.prompts_per_task=2", "rl.samples=2", "rl.heldout_prompts=2", "rl.max_draws=1",
+         "rl.max_tokens={instructions: 12, math: 12}", "rl.ptx_seq_len=256"]
+STAGES = ["ingest", "curate", "rephrase", "tokenize", "pretrain", "tools", "synthesize", "sft", "rl"]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
@@ -155,7 +158,7 @@ def test_pipeline_deployment_runs_on_the_worker_then_a_nightly_rerun_is_incremen
             flow_run_id=ArtifactFilterFlowRunId(any_=[k.id for k in kids.values()])))}
     assert names == set(STAGES)
     assert {"k2-pretrain-summary", "k2-pretrain-gate", "k2-pretrain-plots", "k2-ingest-summary",
-            "k2-tools-summary", "k2-synthesize-gate", "k2-synthesize-plots"} <= keys
+            "k2-tools-summary", "k2-synthesize-gate", "k2-synthesize-plots", "k2-rl-gate", "k2-rl-plots"} <= keys
     # a configured server keeps Prefect's flow heartbeats on the pipeline flow; its stage flows,
     # in the same process, send none (each heartbeat thread costs up to 1 s to join)
     assert "prefect.flow-run.heartbeat" in flow_run_events(api, fr.id, until="prefect.flow-run.heartbeat")
@@ -184,8 +187,8 @@ def test_pipeline_deployment_runs_on_the_worker_then_a_nightly_rerun_is_incremen
     third = _wait(api, third.id)
     assert third.state.is_completed()
     [rec] = [r for r in list_runs(store) if r.flow_run_id == str(third.id)]
-    # pretrain recomputes, and the stages that take its model (tools, synthesize, sft) with it
-    assert [s.status for s in rec.stages] == ["cache_hit"] * 4 + ["computed"] * 4
+    # pretrain recomputes, and the stages that take its model (tools, synthesize, sft, rl) with it
+    assert [s.status for s in rec.stages] == ["cache_hit"] * 4 + ["computed"] * 5
     assert rec.stage("pretrain").reason == "config changed: pretrain.steps"
     assert rec.stage("synthesize").reason == "new input: pretrain, tools"
 

@@ -8,6 +8,7 @@ import torch
 
 from k2core.rl.loss import advantages, k15_loss, response_logprobs
 from k2core.rl.train import K15Objective
+from tests.k2core.agentic.conftest import pretrained, run_stage  # noqa: F401 — the session fixture
 
 
 def _model():
@@ -90,3 +91,84 @@ def test_ptx_adds_the_language_model_loss():
         lm = model(ptx, labels=ptx).loss
     assert float(rl) == pytest.approx(0.0, abs=1e-10)                     # no advantage, pi = pi_old
     assert float(both) == pytest.approx(0.25 * float(lm), rel=1e-6)
+
+
+# ---------------------------------------------------------------------------- the rl stage
+RL = ["rl.steps=4", "rl.updates_per_iteration=2", "rl.tasks=[instructions,math]", "rl.prompts_per_task=3",
+      "rl.samples=2", "rl.heldout_prompts=4", "rl.eval_every=2", "rl.checkpoint_every=2", "rl.eval_batches=1",
+      "rl.max_tokens={instructions: 12, math: 8}", "rl.ptx_seq_len=8192", "rl.optim.lr=0.003"]
+SFT_SMALL = ["sft.steps=2", "sft.micro_batch=1", "sft.eval_every=2", "sft.eval_batches=1", "sft.checkpoint_every=2",
+             "sft.warmup_steps=1", "sft.eval_turns=1", "sft.eval_tasks=0", "sft.eval_max_tokens=8", "sft.seq_len=8192"]
+
+
+@pytest.fixture(scope="module")
+def sft_model(pretrained):  # noqa: F811
+    from tests.k2core.agentic.test_synthesize import SMALL as SYN
+
+    tools, _ = run_stage(pretrained, "tools", ["tools.synthetic.count=0"])
+    syn, _ = run_stage(pretrained, "synthesize", SYN, pins={"tools": tools.version})
+    sft, _ = run_stage(pretrained, "sft", SFT_SMALL, pins={"tools": tools.version, "synthesize": syn.version})
+    sets = ["tools.synthetic.count=0", *SYN, *SFT_SMALL]
+    return {"pins": {"tools": tools.version, "synthesize": syn.version, "sft": sft.version}, "sets": sets}
+
+
+@pytest.mark.slow
+def test_rl_stage_trains_reports_and_resumes_bit_identical(pretrained, sft_model, tmp_path):  # noqa: F811
+    """The stage end to end (held-out reward before / after, telemetry, plot, exported model, gate);
+    killed like kill -9 after step 2 it resumes from that checkpoint to the same weights."""
+    import hashlib
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pandas as pd
+
+    out, store = run_stage(pretrained, "rl", RL, pins=sft_model["pins"])
+    m = out.metrics
+    assert out.gate["success"] and m["steps"] == 4 and m["iterations"] == 2 and m["nan_steps"] == 0
+    assert m["heldout_in_train"] == 0 and m["metrics_computed"] == 1
+    for when in ("before", "after"):
+        assert -0.5 <= m[f"{when}_heldout_reward"] <= 1 and f"{when}_heldout_reward_math" in m
+    assert m["engine_logprob_gap_median"] < 1e-4      # CPU fp32: the engine's log-probs are the training forward's
+    art = store.artifact("rl", out.version)
+    df = pd.read_parquet(art.path("telemetry.parquet"))
+    assert list(df["update"]) == [0, 1, 0, 1] and list(df.iteration) == [0, 0, 1, 1]
+    assert df.heldout_reward.notna().tolist() == [True, False, True, False]
+    assert {"reward_math", "truncated_instructions", "temperature", "frac_reward_zero_std", "max_logit"} <= set(df)
+    assert df.temperature.iloc[0] == 1.0 and df.temperature.iloc[-1] == pytest.approx(0.7)
+    assert "rl.png" in art.files("") and "model/config.json" in art.files("model/")
+    from k2core.infer.llm import NativeLLM
+
+    with NativeLLM(art.path("model/config.json").parent, device="cpu") as llm:
+        assert llm.generate(["hello"])[0].completion_tokens >= 1
+
+    # kill -9 after step 2, rerun: resumes from step-0000002.pt and ends with the same weights
+    root = Path(__file__).resolve().parents[3]
+    sets = [*pretrained["sets"], *sft_model["sets"], *RL]
+
+    def script(store_dir, env):
+        cmd = [sys.executable, str(root / "tests/k2core/train/stages.py"), str(store_dir), "rl",
+               *(f"--set={s}" for s in sets)]
+        return subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True, cwd=root, timeout=600)
+
+    killed = tmp_path / "killed"
+    shutil.copytree(pretrained["store"], killed)
+    shutil.rmtree(killed / "artifacts" / "rl", ignore_errors=True)
+    r = script(killed, {"K2_TRAIN_CALLBACKS": "tests.k2core.train.callbacks:crash_after_2"})
+    assert r.returncode == 9, r.stderr[-2000:]
+    assert not list((killed / "artifacts").glob("rl/*/manifest.json"))
+    r = script(killed, {})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "resuming from" in r.stdout and "step-0000002.pt" in r.stdout
+
+    clean = tmp_path / "clean"                       # the same process set-up, never interrupted
+    shutil.copytree(pretrained["store"], clean)
+    shutil.rmtree(clean / "artifacts" / "rl", ignore_errors=True)
+    assert script(clean, {}).returncode == 0
+
+    def digest(p):
+        [f] = list(Path(p).glob("artifacts/rl/*/model/model.safetensors"))
+        return hashlib.sha256(f.read_bytes()).hexdigest()
+    assert digest(killed) == digest(clean)

@@ -20,3 +20,7 @@ class CrashAfter(Callback):
 
 def crash_after_6() -> CrashAfter:
     return CrashAfter(6)
+
+
+def crash_after_2() -> CrashAfter:
+    return CrashAfter(2)
