@@ -206,9 +206,18 @@ class MLA(nn.Module):
         S = k.shape[2]
         if mask_BTS is None and triton_ok(q, self.dn):   # fused tiles: the logit matrix never hits memory
             return qk_max_logit(q, k, self.dn) * self.scale
-        if mask_BTS is None:
-            mask_BTS = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)[None]
         out = torch.full((N,), float("-inf"), device=q.device)
+        q, k = q.detach(), k.detach()            # a statistic for QK-Clip: no autograd graph
+        if mask_BTS is None:   # causal: query blocks against the keys up to their end (no upper triangle)
+            blk = 256
+            for b in range(B):
+                for i in range(0, T, blk):
+                    j = min(T, i + blk)
+                    s = torch.matmul(q[b, :, i:j], k[b, :, :S - T + j].transpose(-1, -2)).float()
+                    s[:, :, S - T + i:].masked_fill_(~torch.ones(j - i, j - i, dtype=torch.bool, device=q.device)
+                                                     .tril(), float("-inf"))
+                    out = torch.maximum(out, s.amax(dim=(-1, -2)))
+            return out * self.scale
         for b in range(B):   # one sequence at a time keeps the N×T×S buffer small
             s = torch.matmul(q[b], k[b].transpose(-1, -2)).float()
             s = s.masked_fill(~mask_BTS[min(b, mask_BTS.shape[0] - 1)], float("-inf"))
@@ -248,8 +257,9 @@ def _sdpa(q, k, v, mask_BTS, scale):
 
         with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
-    pad = q.is_cuda and dv < dqk and mask_BTS is None and ATTN_BACKEND == "flash"
-    if pad:   # flash attention needs equal head dims: pad V with zeros, slice the output
+    pad = dv < dqk and mask_BTS is None and (not q.is_cuda or ATTN_BACKEND == "flash")
+    if pad:   # flash attention (CUDA, and PyTorch's CPU kernel) needs equal head dims: pad V with zeros,
+        # slice the output; on CPU unequal dims fall to the T×S math path (4.7× slower at T = 2048)
         v = F.pad(v, (0, dqk - dv))
     if mask_BTS is None:
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
@@ -568,11 +578,12 @@ class K2ForCausalLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, *,
                 positions: torch.Tensor | None = None, cache: "KVCache | None" = None,
                 want_max_logits: bool = False, logits_to_keep: int = 0,
-                segment_ids: torch.Tensor | None = None) -> K2Output:
+                segment_ids: torch.Tensor | None = None, loss_only: bool = False) -> K2Output:
         """`segment_ids` [B, T] packs several sequences per row: a token attends only to earlier
         tokens of its own segment, and positions restart at 0 in each segment (unless given) — a
         packed conversation computes what it computes alone. Labels at a segment's first token
-        should be -100 (position t predicts labels[t + 1])."""
+        should be -100 (position t predicts labels[t + 1]). `loss_only` (with labels, eager): the head
+        runs only where a label is set — SFT labels ~10% of its tokens — and ``logits`` is None."""
         B, T = input_ids.shape
         emb = self.model.embed_tokens
         x = _embed_eager(emb, input_ids) if torch.is_grad_enabled() else emb(input_ids)
@@ -596,6 +607,13 @@ class K2ForCausalLM(nn.Module):
         x = self.model.norm(x)
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
+        if labels is not None and loss_only and not torch.compiler.is_compiling():
+            tgt = labels[:, 1:]
+            keep = tgt != -100
+            loss = F.cross_entropy(self.lm_head(x[:, :-1][keep]).float(), tgt[keep])
+            if aux_total is not None:
+                loss = loss + aux_total
+            return K2Output(None, loss, aux_total, torch.stack(max_logits) if max_logits else None)
         logits = self.lm_head(x)
         loss = None
         if labels is not None:

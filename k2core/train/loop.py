@@ -267,7 +267,7 @@ class Objective:
     the step's loss is the mean over every unit of the global batch."""
 
     def loss(self, net, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        out = net(**batch, want_max_logits=True)
+        out = net(**batch, want_max_logits=True, loss_only=True)      # the head only at labelled tokens
         return out.loss, out.max_logits
 
     def units(self, batch: Batch) -> torch.Tensor | None:
