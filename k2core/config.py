@@ -225,6 +225,32 @@ class TrainConfig(Section):
                                                               "if steps remain (the schedule still spans `steps`)")
 
 
+class ProbeConfig(Section):
+    """The context probe (k2core/train/probe.py): a random key / value written early in a held-out
+    sequence and repeated ``distance`` tokens later; copy accuracy on the repeat vs a control whose
+    first value differs. Run after training, reported next to the loss."""
+
+    enabled: bool = True
+    sequences: int = Field(24, ge=1, description="probe sequences")
+    length: int = Field(1536, ge=64, description="tokens per probe sequence")
+    distance: int = Field(1024, ge=8, description="far probe: the first occurrence at least this many tokens back")
+    near_distance: int = Field(48, ge=8, description="near probe: the first occurrence this many tokens back")
+    key_len: int = Field(2, ge=1)
+    value_len: int = Field(4, ge=1)
+    seed: int = 0
+
+
+class LongContext(Section):
+    """Long-context activation at the end of pre-training (K2 anneals, then extends its context):
+    the last ``fraction`` of the steps read the same token stream in windows of ``seq_len``."""
+
+    seq_len: int | None = Field(None, ge=8, description="tokens per sequence in the last phase (a multiple of "
+                                                         "tokenize.seq_len); null: off")
+    fraction: float = Field(0.25, gt=0.0, le=1.0, description="the last fraction of the steps at seq_len")
+    micro_batch: int | None = Field(None, ge=1, description="sequences per micro-batch in that phase (default: "
+                                                            "the short phase's tokens per micro-batch, at least 1)")
+
+
 class PretrainConfig(ModelInit, TrainConfig):
     """Token shards -> a trained K2 base model (the `pretrain` stage); vocab_size comes from the
     tokenizer."""
@@ -233,6 +259,8 @@ class PretrainConfig(ModelInit, TrainConfig):
     decay_fraction: float = Field(0.2, ge=0.0, le=1.0, description="WSD: the last fraction of steps decays")
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="WSD: lr at the end, as a fraction of the peak")
     min_loss_drop: float = Field(0.5, ge=0.0, description="gate: final val loss <= initial - this (nats)")
+    long_context: LongContext = Field(default_factory=LongContext)
+    probe: ProbeConfig = Field(default_factory=ProbeConfig)
 
 
 class SFTConfig(TrainConfig):
@@ -247,6 +275,11 @@ class SFTConfig(TrainConfig):
     data_files: list[str] = Field(default_factory=list, description="extra OpenAI-messages JSONL files "
                                                                     "({messages, tools} per line)")
     seq_len: int = Field(4096, ge=64, description="tokens per packed row (a longer conversation is dropped)")
+    heldout_domain: str | None = Field(None, description="an executable domain left out of training: its "
+                                                         "tasks measure how far the tool use generalises")
+    share_prefix: bool = Field(True, description="pack conversations that open alike (tool declarations + "
+                                                 "system prompt) behind one copy of that prefix per row: "
+                                                 "the same loss and gradients, the prefix computed once")
     warmup_steps: int = Field(10, ge=0)
     decay_fraction: float = Field(0.3, ge=0.0, le=1.0)
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)
@@ -255,6 +288,8 @@ class SFTConfig(TrainConfig):
     eval_max_turns: int = Field(6, ge=1)
     eval_max_tokens: int = Field(128, ge=8)
     min_loss_drop: float = Field(0.0, description="gate: held-out loss must fall by at least this (nats)")
+    probe: ProbeConfig = Field(default_factory=ProbeConfig, description="the context probe on held-out "
+                                                                        "conversations, input model and after")
 
 
 class RLConfig(TrainConfig):
@@ -444,6 +479,10 @@ class SynthesizeConfig(Section):
     coding_tasks: int = Field(20, ge=0, description="programming tasks with unit tests (run_python in the sandbox)")
     heldout_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="tasks held out (by id hash) for RL / evaluation")
     phrasings: int = Field(1, ge=1, le=8, description="blueprint conversations per task (varied phrasings)")
+    tool_order: Literal["shuffled", "domain_first"] = Field(
+        "shuffled", description="blueprint tool declarations: the domain's tools and the distractors shuffled, "
+                                "or the domain's tools first (as live episodes declare them) — conversations of "
+                                "a domain then open with the same tokens, which sft packs once per row")
     live: LiveRolloutConfig = Field(default_factory=LiveRolloutConfig)
     judge_sample: int = Field(32, ge=0, description="executable trajectories also judged by the LLM judge "
                                                     "(its agreement with the state verdict is reported)")
@@ -486,16 +525,22 @@ PROFILES: dict[str, dict[str, Any]] = {
     "tiny": {"ingest": {"max_docs": 2000, "shard_docs": 1000},
              "rephrase": {"max_docs": 40, "chunk_chars": 600, "max_tokens": 96, "min_accept_rate": 0.0},
              "tokenize": {"vocab_size": 4096, "seq_len": 128},
-             # 4096 positions: the post-training stages' conversations (tool declarations) outgrow 1024
-             "pretrain": {"preset": "tiny", "model": {"max_position_embeddings": 4096}, "steps": 300,
-                          "micro_batch": 16, "warmup_steps": 20,
-                          "eval_every": 50, "checkpoint_every": 50, "optim": {"lr": 3e-3}},
+             # the post-training stages feed ~2,300-token conversations (tool declarations ~1,500): the
+             # last 30% of the steps read 2,048-token windows (long-context activation, as K2 does
+             # before post-training); the `demo` model: the smallest measured to learn exact calls
+             "pretrain": {"preset": "demo", "steps": 1200, "micro_batch": 16, "warmup_steps": 30,
+                          "long_context": {"seq_len": 2048, "fraction": 0.3},
+                          "eval_every": 100, "checkpoint_every": 200, "optim": {"lr": 3e-3}},
              "tools": {"synthetic": {"count": 16, "batch": 16, "max_tokens": 128}},
-             "synthesize": {"db_size": 20, "tasks_per_domain": 40, "coding_tasks": 10, "judge_sample": 16,
+             # ~770 verified blueprint conversations (~4 s of blueprinting); domain tools declared first so
+             # a domain's conversations open alike and sft packs that opening once per row
+             "synthesize": {"db_size": 60, "tasks_per_domain": 250, "coding_tasks": 10, "judge_sample": 16,
+                            "tool_order": "domain_first",
                             "live": {"episodes": 16, "max_turns": 4, "max_tokens": 96, "simulated_tasks": 4}},
-             "sft": {"steps": 40, "micro_batch": 2, "eval_every": 20, "checkpoint_every": 20, "eval_batches": 4,
-                     "eval_turns": 16, "eval_tasks": 4, "eval_max_turns": 3, "eval_max_tokens": 96},
-             "rl": {"steps": 30, "eval_every": 10, "checkpoint_every": 10, "prompts_per_task": 8, "samples": 4,
+             "sft": {"steps": 200, "micro_batch": 1, "seq_len": 8192, "eval_every": 100, "checkpoint_every": 50,
+                     "eval_batches": 2, "warmup_steps": 10, "eval_turns": 32, "eval_tasks": 4, "eval_max_turns": 3,
+                     "eval_max_tokens": 96, "heldout_domain": "calendar", "probe": {"sequences": 12}},
+             "rl": {"steps": 12, "eval_every": 6, "checkpoint_every": 6, "prompts_per_task": 8, "samples": 4,
                     "heldout_prompts": 16}},
     "h200": {"ingest": {"max_docs": None},
              "pretrain": {"preset": "h200", "steps": 600, "micro_batch": 8, "grad_accum": 16, "warmup_steps": 30,

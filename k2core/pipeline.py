@@ -87,8 +87,8 @@ PRETRAIN = register(StageSpec(
     name="pretrain", section="pretrain", inputs=("tokenize",),
     run="k2core.train.pretrain:run", suite=pretrain_suite, code_version="1",
     gate_frame="k2core.train.pretrain:gate_frame",
-    modules=("k2core.train.pretrain", "k2core.train.loop", "k2core.model.k2", "k2core.model.config",
-             "k2core.optim.muonclip", "k2core.optim.kernels"),
+    modules=("k2core.train.pretrain", "k2core.train.loop", "k2core.train.probe", "k2core.model.k2",
+             "k2core.model.config", "k2core.optim.muonclip", "k2core.optim.kernels"),
     description="K2 model + MuonClip: WSD schedule, resumable checkpoints, telemetry, HF-format model",
 ))
 
@@ -117,8 +117,8 @@ SYNTHESIZE = register(StageSpec(
 SFT = register(StageSpec(
     name="sft", section="sft", inputs=("pretrain", "synthesize"),
     run="k2core.train.sft:run", suite=sft_suite, code_version="1", gate_frame="k2core.train.sft:gate_frame",
-    modules=("k2core.train.sft", "k2core.train.sft_data", "k2core.train.loop", "k2core.model.k2", "k2core.text.chat",
-             "k2core.optim.muonclip"),
+    modules=("k2core.train.sft", "k2core.train.sft_data", "k2core.train.loop", "k2core.train.probe",
+             "k2core.model.k2", "k2core.text.chat", "k2core.optim.muonclip"),
     description="the pretrain model fine-tuned on synthesized trajectories (K2 chat format, assistant-only loss, "
                 "packed conversations, MuonClip); held-out tool use before / after",
 ))

@@ -210,7 +210,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
                     conv = B.build(DOMAINS[d], worlds[d], t, seed)
                     tools = conv["tools"] + distractors(repo, f"mcp:k2-{d}", cfg.live.distractors, random.Random(seed),
                                                         {x["function"]["name"] for x in conv["tools"]})
-                    random.Random(seed).shuffle(tools)
+                    if cfg.tool_order == "shuffled":
+                        random.Random(seed).shuffle(tools)
                 ok, reasons, reward, judge = judge_one(t, conv["messages"], "user_stop", worlds)
                 turns = sum(m["role"] == "assistant" for m in conv["messages"])
                 record(t, "blueprint", conv["messages"], tools, ok, reasons, reward, judge, turns, "user_stop", [], True)

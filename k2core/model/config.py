@@ -161,6 +161,13 @@ PRESETS: dict[str, dict[str, Any]] = {
                  num_hidden_layers=2, num_attention_heads=4, q_lora_rank=64, kv_lora_rank=32,
                  qk_nope_head_dim=32, qk_rope_head_dim=16, v_head_dim=32, n_routed_experts=8,
                  num_experts_per_tok=2, max_position_embeddings=1024),
+    # the embedded default's model (`make demo`, 2 CPU cores): 3 layers (1 dense + 2 MoE), 192 wide, 6
+    # heads — the smallest shape measured to learn exact tool calls in SFT (tiny's 2 layers, 4 heads
+    # reach the right tool names but copy no argument value: docs/benchmarks.md, "SFT that teaches")
+    "demo": dict(vocab_size=4096, hidden_size=192, intermediate_size=576, moe_intermediate_size=96,
+                 num_hidden_layers=3, num_attention_heads=6, q_lora_rank=64, kv_lora_rank=32,
+                 qk_nope_head_dim=32, qk_rope_head_dim=16, v_head_dim=32, n_routed_experts=8,
+                 num_experts_per_tok=2, max_position_embeddings=4096),
     # one H200: ~0.9B total / ~0.2B active
     "h200": dict(vocab_size=32_000, hidden_size=1024, intermediate_size=2816, moe_intermediate_size=512,
                  num_hidden_layers=8, num_attention_heads=8, q_lora_rank=384, kv_lora_rank=256,

@@ -121,7 +121,7 @@ class MLA(nn.Module):
 
     def forward(self, x_BTH: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 cache: "LayerCache | None" = None, want_max_logit: bool = False,
-                segment_ids: torch.Tensor | None = None):
+                segment_ids: torch.Tensor | None = None, prefix_lens: torch.Tensor | None = None):
         B, T, _ = x_BTH.shape
         if self._fused_a is not None and not torch.is_grad_enabled():
             qa, kv_a = F.linear(x_BTH, self._fused_a).split([self.cfg.q_lora_rank, self.kv_lora_rank + self.dr], -1)
@@ -149,21 +149,27 @@ class MLA(nn.Module):
                       dim=-1).transpose(1, 2)                                         # B N S Dqk
         v = v_BSND.transpose(1, 2)
         if segment_ids is not None:   # packed sequences: causal attention within each segment
-            out, max_logit = self._packed(q, k, v, segment_ids, want_max_logit)
+            out, max_logit = self._packed(q, k, v, segment_ids, want_max_logit, prefix_lens)
             return self.o_proj(out.transpose(1, 2).reshape(B, T, -1)), max_logit
         max_logit = self._max_logit(q, k, mask_BTS) if want_max_logit else None
         out = _sdpa(q, k, v, mask_BTS, self.scale)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, -1)), max_logit
 
     @torch.compiler.disable
-    def _packed(self, q, k, v, segment_ids, want_max_logit: bool):
+    def _packed(self, q, k, v, segment_ids, want_max_logit: bool, prefix_lens: torch.Tensor | None = None):
         """Causal attention within each (row, start, end) span of equal segment ids (cost Σ len²):
         on CUDA one variable-length flash call over all spans (V padded to the q/k head dim), else
         one attention per span. Eager under torch.compile: the spans differ from batch to batch, and
-        a compiled graph would be specialised (recompiled) on each batch's list of spans."""
+        a compiled graph would be specialised (recompiled) on each batch's list of spans.
+        With `prefix_lens` [B], row b's first prefix_lens[b] tokens are a prefix shared by every
+        later segment of the row: each such segment attends to the prefix and causally to itself
+        (one attention per segment, keys = prefix + segment)."""
         spans = segment_spans(segment_ids)
         B, N, T, dqk = q.shape
         dv = v.shape[-1]
+        plens = prefix_lens.tolist() if prefix_lens is not None else [0] * B
+        if any(plens):
+            return self._prefix_shared(q, k, v, spans, plens, segment_ids, want_max_logit)
         varlen = _varlen_attn() if q.is_cuda and q.dtype in (torch.bfloat16, torch.float16) else None
         if varlen is not None:
             flat = lambda t: t.transpose(1, 2).reshape(B * T, N, t.shape[-1])  # noqa: E731 — B N T D -> (B T) N D
@@ -180,6 +186,29 @@ class MLA(nn.Module):
         if want_max_logit:
             for b, a, e in spans:
                 m = self._max_logit(q[b:b + 1, :, a:e], k[b:b + 1, :, a:e], None)
+                max_logit = m if max_logit is None else torch.maximum(max_logit, m)
+        return out, max_logit
+
+    def _prefix_shared(self, q, k, v, spans, plens: list[int], segment_ids, want_max_logit: bool):
+        out = torch.zeros_like(q[..., :v.shape[-1]])
+        seg = segment_ids.cpu()
+        max_logit = None
+        for b, a, e in spans:
+            P = plens[b]
+            shared = 0 < P <= a and int(seg[b, a]) != -1       # padding (segment -1) attends only to itself
+            qs = q[b:b + 1, :, a:e]
+            if shared:
+                # causal attention over [prefix; segment] with the prefix's own queries along (their
+                # outputs are dropped): the mask-free kernel, ~(P+T)²/2 work instead of P·T + T²/2
+                # through a masked one, which is slower on CPUs
+                cat = lambda t: torch.cat([t[b:b + 1, :, :P], t[b:b + 1, :, a:e]], dim=2)  # noqa: E731
+                ks = cat(k)
+                out[b:b + 1, :, a:e] = _sdpa(cat(q), ks, cat(v), None, self.scale)[:, :, P:]
+            else:
+                ks = k[b:b + 1, :, a:e].contiguous()
+                out[b:b + 1, :, a:e] = _sdpa(qs.contiguous(), ks, v[b:b + 1, :, a:e].contiguous(), None, self.scale)
+            if want_max_logit:            # causal, aligned to the end of the keys: the segment's queries only
+                m = self._max_logit(qs, ks, None)
                 max_logit = m if max_logit is None else torch.maximum(max_logit, m)
         return out, max_logit
 
@@ -257,7 +286,7 @@ def _sdpa(q, k, v, mask_BTS, scale):
 
         with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
-    pad = dv < dqk and mask_BTS is None and (not q.is_cuda or ATTN_BACKEND == "flash")
+    pad = dv < dqk and (not q.is_cuda or (mask_BTS is None and ATTN_BACKEND == "flash"))
     if pad:   # flash attention (CUDA, and PyTorch's CPU kernel) needs equal head dims: pad V with zeros,
         # slice the output; on CPU unequal dims fall to the T×S math path (4.7× slower at T = 2048)
         v = F.pad(v, (0, dqk - dv))
@@ -459,8 +488,9 @@ class Block(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x, cos, sin, cache=None, want_max_logit=False, segment_ids=None):
-        a, max_logit = self.self_attn(self.input_layernorm(x), cos, sin, cache, want_max_logit, segment_ids)
+    def forward(self, x, cos, sin, cache=None, want_max_logit=False, segment_ids=None, prefix_lens=None):
+        a, max_logit = self.self_attn(self.input_layernorm(x), cos, sin, cache, want_max_logit, segment_ids,
+                                      prefix_lens)
         x = x + a
         if isinstance(self.mlp, MoE):
             m, aux = self.mlp(self.post_attention_layernorm(x))
@@ -484,14 +514,19 @@ def segment_spans(segment_ids: torch.Tensor) -> list[tuple[int, int, int]]:
     return out
 
 
-def segment_positions(segment_ids: torch.Tensor) -> torch.Tensor:
-    """[B, T] positions that restart at 0 wherever the segment id changes."""
+def segment_positions(segment_ids: torch.Tensor, prefix_lens: torch.Tensor | None = None) -> torch.Tensor:
+    """[B, T] positions that restart at 0 wherever the segment id changes — at prefix_lens[b] for
+    the segments after row b's shared prefix (not its padding)."""
     B, T = segment_ids.shape
     idx = torch.arange(T, device=segment_ids.device)[None].expand(B, T)
     starts = torch.ones_like(segment_ids, dtype=torch.bool)
     starts[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
     first = torch.where(starts, idx, torch.zeros_like(idx)).cummax(dim=1).values
-    return idx - first
+    pos = idx - first
+    if prefix_lens is not None:
+        P = prefix_lens.to(segment_ids.device)[:, None]
+        pos = pos + torch.where((idx >= P) & (P > 0) & (segment_ids != -1), P, torch.zeros_like(P))
+    return pos
 
 
 @dataclass
@@ -578,12 +613,17 @@ class K2ForCausalLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, *,
                 positions: torch.Tensor | None = None, cache: "KVCache | None" = None,
                 want_max_logits: bool = False, logits_to_keep: int = 0,
-                segment_ids: torch.Tensor | None = None, loss_only: bool = False) -> K2Output:
+                segment_ids: torch.Tensor | None = None, prefix_lens: torch.Tensor | None = None,
+                loss_only: bool = False) -> K2Output:
         """`segment_ids` [B, T] packs several sequences per row: a token attends only to earlier
         tokens of its own segment, and positions restart at 0 in each segment (unless given) — a
         packed conversation computes what it computes alone. Labels at a segment's first token
         should be -100 (position t predicts labels[t + 1]). `loss_only` (with labels, eager): the head
-        runs only where a label is set — SFT labels ~10% of its tokens — and ``logits`` is None."""
+        runs only where a label is set — SFT labels ~10% of its tokens — and ``logits`` is None.
+        `prefix_lens` [B] (with segment_ids): row b's first prefix_lens[b] tokens (segment 0) are a
+        prefix every later segment of the row continues — it attends to them, its positions follow
+        them — so conversations that share a system prompt and tool declarations compute exactly
+        what each computes alone, with the prefix computed once per row."""
         B, T = input_ids.shape
         emb = self.model.embed_tokens
         x = _embed_eager(emb, input_ids) if torch.is_grad_enabled() else emb(input_ids)
@@ -591,13 +631,14 @@ class K2ForCausalLM(nn.Module):
             if cache is not None:
                 raise ValueError("segment_ids (packed sequences) is for training / scoring, not with a cache")
             if positions is None:
-                positions = segment_positions(segment_ids)
+                positions = segment_positions(segment_ids, prefix_lens)
         if positions is None:
             positions = cache.positions(T) if cache is not None else torch.arange(T, device=x.device)[None].expand(B, T)
         cos, sin = self.rotary(positions, x.dtype)
         max_logits, aux_total = [], None
         for i, layer in enumerate(self.model.layers):
-            x, ml, aux = layer(x, cos, sin, cache.layer(i) if cache is not None else None, want_max_logits, segment_ids)
+            x, ml, aux = layer(x, cos, sin, cache.layer(i) if cache is not None else None, want_max_logits, segment_ids,
+                               prefix_lens)
             if ml is not None:
                 max_logits.append(ml)
             if aux is not None:

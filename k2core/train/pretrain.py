@@ -70,6 +70,68 @@ class Batches:
         return {"input_ids": x, "labels": x}
 
 
+class Phases:
+    """The short phase (tokenize's rows) then, with ``long_context.seq_len``, the long-context phase:
+    the last ``long_context.fraction`` of the steps read the same token stream cut into windows of
+    ``seq_len`` (consecutive rows joined: the shards are one contiguous stream of documents). Batch
+    k is still a pure function of k (exact resume in either phase)."""
+
+    def __init__(self, cfg, rows: np.ndarray, short_len: int, vocab: int):
+        self.cfg, self.short_len = cfg, short_len
+        self.short = Batches(rows, cfg.micro_batch, cfg.seed, vocab)
+        lc = cfg.long_context
+        self.long_len = lc.seq_len
+        self.start = cfg.steps
+        if lc.seq_len is None:
+            return
+        if lc.seq_len % short_len:
+            raise TrainingFailed(f"pretrain.long_context.seq_len = {lc.seq_len} must be a multiple of "
+                                 f"tokenize.seq_len ({short_len})")
+        k = lc.seq_len // short_len
+        self.long_micro = lc.micro_batch or max(1, cfg.micro_batch * short_len // lc.seq_len)
+        n = len(rows) // k
+        if n < self.long_micro:
+            raise TrainingFailed(f"pretrain.long_context: the training split has {len(rows) * short_len} tokens, "
+                                 f"{n} windows of {lc.seq_len}, fewer than one micro-batch ({self.long_micro}); "
+                                 "lower pretrain.long_context.seq_len or add data")
+        self.long = Batches(rows[:n * k].reshape(n, lc.seq_len), self.long_micro, cfg.seed + 1, vocab)
+        self.start = cfg.steps - max(1, round(cfg.steps * lc.fraction))
+
+    def batch(self, index: int) -> dict[str, torch.Tensor]:
+        ga = self.cfg.grad_accum
+        if index // ga < self.start:
+            return self.short.batch(index)
+        return self.long.batch(index - self.start * ga)
+
+    def columns(self, step: int) -> dict[str, Any]:
+        """The step's telemetry columns: its phase, sequence length and tokens."""
+        long = step >= self.start
+        L, micro = (self.long_len, self.long_micro) if long else (self.short_len, self.cfg.micro_batch)
+        return {"phase": "long_context" if long else "main", "seq_len": L,
+                "tokens": micro * self.cfg.grad_accum * L}
+
+
+def context_probe(cfg, model, val_rows: np.ndarray, index, device, log) -> dict[str, Any]:
+    """The context probe on the validation stream (k2core/train/probe.py); {} when switched off."""
+    from k2core.text.special_tokens import SPECIAL_TOKENS
+    from k2core.train import probe as P
+
+    if not cfg.probe.enabled:
+        return {}
+    try:
+        probes = P.build(val_rows.reshape(-1), cfg.probe, index["vocab_size"], len(SPECIAL_TOKENS),
+                         "the validation split (raise tokenize.val_fraction, or set pretrain.probe.enabled=false)")
+    except K2Error as e:                   # the model is still good: say why there is no probe, keep going
+        log(f"pretrain: context probe skipped: {e}")
+        return {"probe_skipped": str(e)}
+    model.eval()
+    out = P.run(P.model_logits(model, device), probes)
+    log(f"pretrain: context probe: copy accuracy {out['probe_copy_accuracy']:.2f} at >= {cfg.probe.distance} tokens "
+        f"back, {out['probe_near_copy_accuracy']:.2f} at {cfg.probe.near_distance}, control "
+        f"{out['probe_control_accuracy']:.2f}")
+    return out
+
+
 # ---------------------------------------------------------------------------- the stage
 def resume_dir(ctx: StageContext) -> Path:
     """Local, outside the work dir (which a rerun wipes): survives a killed run of this version."""
@@ -147,17 +209,20 @@ def train(job: Job, log, progress) -> dict[str, Any]:
     model = build_model(cfg, vocab, device)
     trainer = Trainer(cfg, model, device, name="pretrain", resume_dir=Path(job.resume), log=log, progress=progress,
                       progress_file=Path(job.workdir) / "progress.json")
-    data = Batches(train_rows, cfg.micro_batch, cfg.seed, vocab)
-    result = trainer.fit(data.batch, val_batches(val_rows, cfg, device), lambda step: wsd_lr(step, cfg),
-                         tokens_per_step=cfg.micro_batch * cfg.grad_accum * index["seq_len"], seq_len=index["seq_len"])
+    phases = Phases(cfg, train_rows, index["seq_len"], vocab)
+    result = trainer.fit(phases.batch, val_batches(val_rows, cfg, device), lambda step: wsd_lr(step, cfg),
+                         tokens_per_step=cfg.micro_batch * cfg.grad_accum * index["seq_len"],
+                         seq_len=phases.long_len or index["seq_len"], extra=phases.columns)
     if rank != 0:
         return {}
-    metrics = finish(job, cfg, model, result.telemetry, result.final_val_loss, index)
+    probe = context_probe(cfg, model, val_rows, index, device, log)
+    metrics = finish(job, cfg, model, result.telemetry, result.final_val_loss, index, phases, probe)
     trainer.checkpointer.clear()           # the final model is in the artifact now
     return metrics
 
 
-def finish(job: Job, cfg, model, telemetry, final_val: float, index) -> dict[str, Any]:
+def finish(job: Job, cfg, model, telemetry, final_val: float, index, phases: Phases,
+           probe: dict[str, Any]) -> dict[str, Any]:
     import pandas as pd
 
     from k2core.model.checkpoint import save_checkpoint
@@ -166,6 +231,8 @@ def finish(job: Job, cfg, model, telemetry, final_val: float, index) -> dict[str
     save_checkpoint(model, wd / "model")
     for f in job.tokenizer_files:
         shutil.copy(f, wd / "model" / Path(f).name)
+    context = phases.long_len or index["seq_len"]
+    set_model_max_length(wd / "model", context)
     df = pd.DataFrame(telemetry)
     df.to_parquet(wd / "telemetry.parquet")
     plot(df, wd, final_val)
@@ -174,13 +241,25 @@ def finish(job: Job, cfg, model, telemetry, final_val: float, index) -> dict[str
                "initial_val_loss": float(vals.iloc[0]), "final_val_loss": final_val,
                "val_loss_drop": float(vals.iloc[0] - final_val),
                "nan_steps": int((~np.isfinite(df.loss)).sum()),
-               "tokens": int(len(df) * cfg.micro_batch * cfg.grad_accum * index["seq_len"]),
+               "tokens": int(sum(phases.columns(int(s))["tokens"] for s in df.step)),
+               "trained_context": context,
+               "long_context_steps": int(sum(df.step >= phases.start)),
+               **probe,
                "tokens_per_s_median": float(df.tokens_per_s.median()),
                "mfu_median": float(df.mfu.median()) if df.mfu.notna().any() else None,
                "peak_max_logit": float(df.max_logit.max()), "clipped_head_steps": int(df.clipped_heads.sum()),
                "parameters": sum(p.numel() for p in model.parameters()), "vocab_size": index["vocab_size"]}
     (wd / "summary.json").write_text(json.dumps(metrics, indent=1))
     return metrics
+
+
+def set_model_max_length(model_dir: Path, context: int) -> None:
+    """tokenizer_config.json states the context the model was trained for (transformers warns on
+    longer inputs)."""
+    p = model_dir / "tokenizer_config.json"
+    conf = json.loads(p.read_text())
+    conf["model_max_length"] = int(context)
+    p.write_text(json.dumps(conf, indent=1))
 
 
 def plot(df, out: Path, final_val: float) -> None:
@@ -194,6 +273,11 @@ def plot(df, out: Path, final_val: float) -> None:
     ax.plot(df.step, df.loss, lw=0.8, label="train")
     v = df.dropna(subset=["val_loss"])
     ax.plot([*v.step, len(df)], [*v.val_loss, final_val], "o-", ms=3, label="held-out")
+    if "phase" in df and (df.phase == "long_context").any():
+        start = int(df.step[df.phase == "long_context"].iloc[0])
+        for a in axes:
+            a.axvspan(start, len(df), color="orange", alpha=0.12, lw=0,
+                      label=f"long context ({int(df.seq_len.max())} tokens)" if a is ax else None)
     ax.set(xlabel="step", ylabel="loss (nats / token)", title="Loss")
     ax.legend()
     ax = axes[1]

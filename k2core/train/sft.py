@@ -121,13 +121,22 @@ def task_success(llm, syn_art, heldout_ids: set[str], n: int, max_turns: int, ma
     return {"tasks": len(tasks), "task_success": round(ok / len(tasks), 4)}
 
 
-def evaluate(checkpoint: Path, cfg, turns, syn_art, heldout_ids) -> dict[str, Any]:
+def evaluate(checkpoint: Path, cfg, turns, syn_art, heldout_ids, domain_turns=None, probes=None) -> dict[str, Any]:
+    """Held-out tool use of the model in `checkpoint`: call metrics, task success, the held-out
+    domain's call metrics (``domain_*``) and the context probe (``probe_*``) when given."""
     from k2core.infer.llm import NativeLLM
+    from k2core.train import probe as P
 
     with NativeLLM(checkpoint, device="cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu") as llm:
         out = call_metrics(llm, turns, cfg.eval_max_tokens)
         out.update(task_success(llm, syn_art, heldout_ids, cfg.eval_tasks, cfg.eval_max_turns, cfg.eval_max_tokens,
                                 cfg.seed))
+        if domain_turns:
+            out.update({f"domain_{k}": v for k, v in call_metrics(llm, domain_turns, cfg.eval_max_tokens).items()})
+        if probes is not None:
+            model = llm.engine.model
+            with torch.no_grad():
+                out.update(P.run(P.model_logits(model, next(model.parameters()).device), probes))
     return out
 
 
@@ -139,7 +148,8 @@ def save_rows(packed, path: Path) -> None:
     """Packed rows as one .npz (torchrun workers read it; int32: ids, labels, segment ids)."""
     tmp = path.with_suffix(".tmp.npz")
     np.savez(tmp, **{k: np.asarray(getattr(packed, k), dtype=np.int32).reshape(-1, len(packed.input_ids[0]))
-                     for k in ("input_ids", "labels", "segment_ids")})
+                     for k in ("input_ids", "labels", "segment_ids")},
+             prefix_lens=np.asarray(packed.prefix_lens or [0] * len(packed.input_ids), dtype=np.int32))
     tmp.replace(path)
 
 
@@ -168,6 +178,9 @@ class Rows:
     def __init__(self, arrays, micro: int, seed: int, world: int = 1):
         self.ids, self.labels, self.seg = (torch.from_numpy(np.asarray(arrays[k], dtype=np.int64))
                                            for k in ("input_ids", "labels", "segment_ids"))
+        plens = arrays["prefix_lens"] if "prefix_lens" in arrays else None
+        self.plens = torch.from_numpy(np.asarray(plens, dtype=np.int64)) if plens is not None and len(plens) \
+            and np.asarray(plens).any() else None
         self.micro, self.seed = micro, seed
         if len(self.ids) < micro:
             raise TrainingFailed(f"sft: {len(self.ids)} packed rows, fewer than one micro-batch ({micro}); "
@@ -180,7 +193,10 @@ class Rows:
         epoch, k = divmod(index, per_epoch)
         perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.ids))
         idx = torch.from_numpy(np.sort(perm[k * self.micro:(k + 1) * self.micro]))
-        return {"input_ids": self.ids[idx], "labels": self.labels[idx], "segment_ids": self.seg[idx]}
+        out = {"input_ids": self.ids[idx], "labels": self.labels[idx], "segment_ids": self.seg[idx]}
+        if self.plens is not None:
+            out["prefix_lens"] = self.plens[idx]
+        return out
 
 
 def train_worker(job: dict[str, Any], log, progress) -> dict[str, Any]:
@@ -221,13 +237,26 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     from k2core.agentic.synthesize import read_trajectories
     from k2core.models import model_dir
-    from k2core.text.special_tokens import PAD
+    from k2core.text.special_tokens import IM_USER, PAD
 
     cfg = ctx.cfg
     wd = ctx.workdir
     base_dir = model_dir(ctx.inputs["pretrain"])
     syn = ctx.inputs["synthesize"]
     train_rows, held_rows = read_trajectories(syn, "train"), read_trajectories(syn, "heldout")
+    dom = cfg.heldout_domain
+    if dom is not None:
+        from k2core.agentic.domains import DOMAINS
+
+        if dom not in DOMAINS:
+            raise K2Error(f"sft.heldout_domain = {dom!r}: not an executable domain; domains: {', '.join(DOMAINS)}")
+    dom_rows = [r for r in train_rows + held_rows if r.get("domain") == dom] if dom else []
+    if dom:
+        if not dom_rows:
+            raise TrainingFailed(f"sft.heldout_domain = {dom!r}: synthesize made no {dom} trajectory "
+                                 f"(synthesize.domains); unset sft.heldout_domain or add the domain")
+        train_rows = [r for r in train_rows if r.get("domain") != dom]
+        held_rows = [r for r in held_rows if r.get("domain") != dom]
     heldout_ids = {r["task_id"] for r in held_rows}
     leaked = sorted({r["task_id"] for r in train_rows} & heldout_ids)
     convs = [(r["messages"], r["tools"]) for r in train_rows] + read_user_data(cfg.data_files)
@@ -239,8 +268,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
                              f"{sorted({d['reason'] for d in dropped})})")
     if not val_kept:
         raise TrainingFailed("sft: no held-out trajectory to measure the held-out loss on")
-    pad = tok.token_to_id(PAD)
-    packed, val_packed = pack(kept, cfg.seq_len, pad), pack(val_kept, cfg.seq_len, pad)
+    pad, user = tok.token_to_id(PAD), tok.token_to_id(IM_USER)
+    packed = pack(kept, cfg.seq_len, pad, cfg.share_prefix, user)
+    val_packed = pack(val_kept, cfg.seq_len, pad, cfg.share_prefix, user)
     (wd / "rejects").mkdir()
     pd.DataFrame(dropped or [], columns=["index", "reason", "detail"]).to_parquet(wd / "rejects" / "dropped.parquet")
     job = make_job(cfg, base_dir, wd, packed, val_packed, resume_dir(ctx))
@@ -249,17 +279,26 @@ def run(ctx: StageContext) -> dict[str, Any]:
         (wd / f).unlink(missing_ok=True)
     df = pd.read_parquet(wd / "telemetry.parquet")
     turns = call_turns(held_rows, cfg.eval_turns, cfg.seed)
-    before = evaluate(base_dir, cfg, turns, syn, heldout_ids)
-    after = evaluate(wd / "model", cfg, turns, syn, heldout_ids)
+    domain_turns = call_turns(dom_rows, cfg.eval_turns, cfg.seed) if dom else None
+    probes = conversation_probe(cfg, tok, val_kept, ctx.log)
+    before = evaluate(base_dir, cfg, turns, syn, heldout_ids, domain_turns, probes)
+    after = evaluate(wd / "model", cfg, turns, syn, heldout_ids, domain_turns, probes)
+    context = max(base_context(base_dir), max(len(e.ids) for e in kept))
+    from k2core.train.pretrain import set_model_max_length
+
+    set_model_max_length(wd / "model", context)
     vals = df.val_loss.dropna()
     initial_val, final_val = float(vals.iloc[0]), result["final_val_loss"]
     plot(df, final_val, before, after, wd / "sft.png")
     trained_tokens = sum(sum(e.mask) for e in kept)
+    computed = int((np.asarray(packed.segment_ids) != -1).sum())      # tokens the forward runs on (no padding)
     metrics = {
         "conversations": len(convs), "trained_conversations": len(kept), "dropped": len(dropped),
         **{f"dropped_{r}": sum(d["reason"] == r for d in dropped) for r in REASONS},
         "heldout_conversations": len(val_kept), "heldout_dropped": len(val_dropped), "packed_rows": len(packed.input_ids),
-        "packing_fill": round(sum(len(e.ids) for e in kept) / (len(packed.input_ids) * cfg.seq_len), 4),
+        "packing_fill": round(computed / (len(packed.input_ids) * cfg.seq_len), 4),
+        "shared_prefix_rows": sum(1 for n in packed.prefix_lens if n),
+        "tokens_per_computed_token": round(packed.represented_tokens / computed, 3),
         "trained_tokens": trained_tokens, "steps": len(df), "processes": cfg.nproc, "initial_loss": float(df.loss.iloc[0]),
         "final_loss": float(df.loss.iloc[-5:].mean()), "initial_val_loss": initial_val,
         "final_val_loss": final_val, "val_loss_drop": initial_val - final_val,
@@ -267,9 +306,34 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "tokens_per_s_median": float(df.tokens_per_s.median()), "base": f"pretrain/{ctx.inputs['pretrain'].version}",
         **{f"before_{k}": v for k, v in before.items()}, **{f"after_{k}": v for k, v in after.items()},
         "metrics_computed": int(before.get("turns", 0) > 0 and after.get("turns", 0) > 0),
+        "heldout_domain": dom or "", "trained_context": context,
     }
     (wd / "report.json").write_text(json.dumps({"before": before, "after": after, "dropped": dropped[:200]}, indent=1))
     return metrics
+
+
+def conversation_probe(cfg, tok, val_kept, log):
+    """The context probe over the held-out conversations' tokens (None when off or not buildable)."""
+    from k2core.text.special_tokens import SPECIAL_TOKENS
+    from k2core.train import probe as P
+
+    if not cfg.probe.enabled:
+        return None
+    stream = np.asarray([t for e in val_kept for t in e.ids])
+    try:
+        return P.build(stream, cfg.probe, tok.get_vocab_size(), len(SPECIAL_TOKENS),
+                       "the held-out conversations (set sft.probe.length lower, or sft.probe.enabled=false)")
+    except K2Error as e:
+        log(f"sft: context probe skipped: {e}")
+        return None
+
+
+def base_context(model_dir: Path) -> int:
+    """The context the input model states it was trained for (0 when it states none)."""
+    try:
+        return int(json.loads((model_dir / "tokenizer_config.json").read_text()).get("model_max_length") or 0)
+    except (OSError, ValueError):
+        return 0
 
 
 def plot(df, final_val: float, before: dict, after: dict, out: Path) -> None:
@@ -278,13 +342,14 @@ def plot(df, final_val: float, before: dict, after: dict, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4), dpi=110)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(14, 4.5), dpi=110)
     a.plot(df.step, df.loss, lw=0.8, label="train (assistant tokens)")
     v = df.dropna(subset=["val_loss"])
     a.plot([*v.step, len(df)], [*v.val_loss, final_val], "o-", ms=3, label="held-out")
     a.set(xlabel="step", ylabel="loss (nats / token)", title="SFT loss")
     a.legend()
-    keys = ["tool_name_accuracy", "args_valid", "exact_call", "task_success"]
+    keys = ["tool_name_accuracy", "args_valid", "exact_call", "task_success",
+            *(k for k in ("domain_tool_name_accuracy", "domain_exact_call", "probe_copy_accuracy") if k in before)]
     x = np.arange(len(keys))
     for off, vals, label in ((-0.2, before, "input model"), (0.2, after, "after SFT")):
         ys = [vals.get(k) or 0 for k in keys]
@@ -292,7 +357,7 @@ def plot(df, final_val: float, before: dict, after: dict, out: Path) -> None:
         for xi, y, k in zip(x, ys, keys):        # the values written out: a 0 is a result, not a missing bar
             b.text(xi + off, y + 0.02, "n/a" if vals.get(k) is None else f"{y:.2f}", ha="center", fontsize=8)
     b.set_xticks(x, keys, rotation=15)
-    b.set(ylim=(0, 1), title="Held-out tool use (native engine, greedy)")
+    b.set(ylim=(0, 1), title="Held-out tool use (native engine, greedy); domain_*: a domain never trained on")
     b.legend()
     fig.tight_layout()
     fig.savefig(out)

@@ -44,6 +44,48 @@ def test_a_packed_conversation_computes_what_it_computes_alone():
     assert torch.allclose(total, pack_losses[labels[0, 1:] != -100].mean(), atol=1e-6)
 
 
+def test_positions_continue_after_a_shared_prefix():
+    seg = torch.tensor([[0, 0, 0, 1, 1, 2, 2, -1], [0, 0, 1, 1, 1, 1, 1, 1]])
+    assert segment_positions(seg, torch.tensor([3, 0])).tolist() == [[0, 1, 2, 3, 4, 3, 4, 0],
+                                                                    [0, 1, 0, 1, 2, 3, 4, 5]]
+
+
+def test_conversations_sharing_a_prefix_compute_what_they_compute_alone():
+    """One copy of a shared prefix (system prompt + tool declarations in SFT), then suffixes that
+    each attend to it: every suffix's logits, the loss and the gradients equal those of the
+    conversations (prefix + suffix) run one by one."""
+    torch.manual_seed(0)
+    model = random_model(small_config(vocab_size=128)).float().train()
+    prefix = torch.randint(0, 128, (13,))
+    suffixes = [torch.randint(0, 128, (n,)) for n in (6, 9, 4)]
+    P = len(prefix)
+    row = torch.cat([prefix, *suffixes, torch.zeros(3, dtype=torch.long)])[None]
+    seg = torch.cat([torch.zeros(P, dtype=torch.long)] + [torch.full((len(x),), i + 1) for i, x in enumerate(suffixes)]
+                    + [torch.full((3,), -1)])[None]
+    labels = torch.full_like(row, -100)
+    starts = (P + torch.cumsum(torch.tensor([0] + [len(x) for x in suffixes[:-1]]), 0)).tolist()
+    for s, x in zip(starts, suffixes):
+        labels[0, s + 1:s + len(x)] = x[1:]              # each suffix's tokens after its first are trained
+    model.zero_grad()
+    out = model(row, labels=labels, segment_ids=seg, prefix_lens=torch.tensor([P]), want_max_logits=True)
+    out.loss.backward()
+    shared_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    total, count = 0.0, 0
+    for s, x in zip(starts, suffixes):
+        conv = torch.cat([prefix, x])[None]
+        lab = torch.full_like(conv, -100)
+        lab[0, P + 1:] = x[1:]
+        alone = model(conv, want_max_logits=True)
+        torch.testing.assert_close(out.logits[0, s:s + len(x)], alone.logits[0, P:], atol=2e-5, rtol=1e-5)
+        nll = F.cross_entropy(alone.logits[0, :-1].float(), lab[0, 1:], ignore_index=-100, reduction="sum")
+        total, count = total + nll, count + len(x) - 1
+    (total / count).backward()
+    assert torch.allclose(out.loss, total / count, atol=1e-5)
+    for n, g in shared_grads.items():
+        torch.testing.assert_close(g, dict(model.named_parameters())[n].grad, atol=2e-5, rtol=1e-4, msg=n)
+
+
 def test_compiled_model_is_not_recompiled_for_each_packing():
     """Under torch.compile (as the trainer runs on GPUs) a new batch with other segment boundaries
     reuses the compiled graphs: the per-span attention runs eagerly instead of being specialised on

@@ -35,7 +35,11 @@ def corpus_rows(n_prose: int = 60, n_code: int = 12, seed: int = 0) -> list[dict
 SMALL = ["curate.dask_workers=1", "rephrase.enabled=false", "tokenize.vocab_size=600", "tokenize.seq_len=32", "tokenize.val_fraction=0.1",
          "pretrain.steps=12", "pretrain.micro_batch=4", "pretrain.eval_every=4", "pretrain.eval_batches=2",
          "pretrain.checkpoint_every=4", "pretrain.warmup_steps=2", "pretrain.min_loss_drop=0.1",
-         "pretrain.optim.lr=0.01"]
+         "pretrain.optim.lr=0.01", "pretrain.preset=tiny", "pretrain.model.max_position_embeddings=4096",
+         # the long-context phase and the probes at toy sizes
+         "pretrain.long_context.seq_len=128", "pretrain.probe.length=160", "pretrain.probe.distance=96",
+         "pretrain.probe.sequences=4", "sft.probe.length=160", "sft.probe.distance=96", "sft.probe.sequences=4",
+         "sft.heldout_domain=null"]
 
 
 def run(store_path: str, stages: list[str], sets: list[str]):

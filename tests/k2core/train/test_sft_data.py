@@ -76,3 +76,36 @@ def test_pack_keeps_conversations_whole_and_their_losses():
             lab = torch.tensor([t if m else -100 for t, m in zip(e.ids, e.mask)])
             alone = F.cross_entropy(alone_logits[:-1], lab[1:], ignore_index=-100, reduction="sum")
             assert torch.allclose(packed, alone, rtol=1e-5, atol=1e-3), (e.index, packed, alone)
+
+
+def test_shared_prefix_packing_gives_each_conversation_its_loss_alone():
+    """Blueprint conversations of one domain open alike (tool declarations + system prompt): packed
+    with share_prefix, a row holds that opening once and the rest of each conversation, and each
+    conversation's trained tokens get the loss they get alone."""
+    from k2core.text.special_tokens import IM_USER
+
+    convs = conversations(6)
+    tok = train_tokenizer([chat.render(m, t) for m, t in convs] * 3, vocab_size=600, min_frequency=1)
+    kept, _ = encode(tok, convs, 4096)
+    seq_len = 3 * max(len(e.ids) for e in kept)
+    user = tok.token_to_id(IM_USER)
+    plain = pack(kept, seq_len, tok.token_to_id(PAD))
+    p = pack(kept, seq_len, tok.token_to_id(PAD), share_prefix=True, user_id=user)
+    opening = kept[0].ids.index(user)
+    assert all(e.ids[:opening] == kept[0].ids[:opening] for e in kept)          # the same system part
+    assert set(p.prefix_lens) == {opening} and len(p.input_ids) < len(plain.input_ids)
+    assert p.represented_tokens == sum(len(e.ids) for e in kept)
+    assert sum(x != -1 for row in p.segment_ids for x in row) < p.represented_tokens
+    assert sorted(x for row in p.labels for x in row if x != -100) == \
+        sorted(t for e in kept for t, m in zip(e.ids, e.mask) if m)             # every trained token, once
+    model = random_model(small_config(vocab_size=tok.get_vocab_size(), max_position_embeddings=seq_len)).float().eval()
+    with torch.no_grad():
+        ids, labels, seg = (torch.tensor(x) for x in (p.input_ids, p.labels, p.segment_ids))
+        shared = model(ids, labels=labels, segment_ids=seg, prefix_lens=torch.tensor(p.prefix_lens)).loss
+        total, count = 0.0, 0
+        for e in kept:
+            lab = torch.tensor([t if m else -100 for t, m in zip(e.ids, e.mask)])
+            logits = model(torch.tensor([e.ids])).logits[0]
+            total += F.cross_entropy(logits[:-1], lab[1:], ignore_index=-100, reduction="sum")
+            count += int((lab[1:] != -100).sum())
+    assert torch.allclose(shared, total / count, rtol=1e-5, atol=1e-5)
