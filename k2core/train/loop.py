@@ -267,7 +267,8 @@ class Objective:
     the step's loss is the mean over every unit of the global batch."""
 
     def loss(self, net, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        out = net(**batch, want_max_logits=True, loss_only=True)      # the head only at labelled tokens
+        # the head only at labelled tokens (one process: DDP's reducer expects the full output)
+        out = net(**batch, want_max_logits=True, loss_only=dist_info()[1] == 1)
         return out.loss, out.max_logits
 
     def units(self, batch: Batch) -> torch.Tensor | None:

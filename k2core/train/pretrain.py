@@ -76,7 +76,7 @@ class Phases:
     ``seq_len`` (consecutive rows joined: the shards are one contiguous stream of documents). Batch
     k is still a pure function of k (exact resume in either phase)."""
 
-    def __init__(self, cfg, rows: np.ndarray, short_len: int, vocab: int):
+    def __init__(self, cfg, rows: np.ndarray, short_len: int, vocab: int, world: int = 1):
         self.cfg, self.short_len = cfg, short_len
         self.short = Batches(rows, cfg.micro_batch, cfg.seed, vocab)
         lc = cfg.long_context
@@ -89,6 +89,7 @@ class Phases:
                                  f"tokenize.seq_len ({short_len})")
         k = lc.seq_len // short_len
         self.long_micro = lc.micro_batch or max(1, cfg.micro_batch * short_len // lc.seq_len)
+        self.long_micro = -(-self.long_micro // world) * world       # every process gets its share
         n = len(rows) // k
         if n < self.long_micro:
             raise TrainingFailed(f"pretrain.long_context: the training split has {len(rows) * short_len} tokens, "
@@ -209,7 +210,7 @@ def train(job: Job, log, progress) -> dict[str, Any]:
     model = build_model(cfg, vocab, device)
     trainer = Trainer(cfg, model, device, name="pretrain", resume_dir=Path(job.resume), log=log, progress=progress,
                       progress_file=Path(job.workdir) / "progress.json")
-    phases = Phases(cfg, train_rows, index["seq_len"], vocab)
+    phases = Phases(cfg, train_rows, index["seq_len"], vocab, world)
     result = trainer.fit(phases.batch, val_batches(val_rows, cfg, device), lambda step: wsd_lr(step, cfg),
                          tokens_per_step=cfg.micro_batch * cfg.grad_accum * index["seq_len"],
                          seq_len=phases.long_len or index["seq_len"], extra=phases.columns)
