@@ -541,7 +541,7 @@ PROFILES: dict[str, dict[str, Any]] = {
                      "eval_batches": 2, "warmup_steps": 10, "eval_turns": 32, "eval_tasks": 4, "eval_max_turns": 3,
                      "eval_max_tokens": 96, "heldout_domain": "calendar", "probe": {"sequences": 12}},
              "rl": {"steps": 12, "eval_every": 6, "checkpoint_every": 6, "prompts_per_task": 8, "samples": 4,
-                    "heldout_prompts": 16}},
+                    "heldout_prompts": 16, "ptx_seq_len": 4096}},
     "h200": {"ingest": {"max_docs": None},
              "pretrain": {"preset": "h200", "steps": 600, "micro_batch": 8, "grad_accum": 16, "warmup_steps": 30,
                           "eval_every": 100, "checkpoint_every": 250, "optim": {"lr": 1e-3}}},

@@ -116,7 +116,7 @@ SYNTHESIZE = register(StageSpec(
 
 SFT = register(StageSpec(
     name="sft", section="sft", inputs=("pretrain", "synthesize"),
-    run="k2core.train.sft:run", suite=sft_suite, code_version="1", gate_frame="k2core.train.sft:gate_frame",
+    run="k2core.train.sft:run", suite=sft_suite, code_version="1", gate_frame="k2core.train.pretrain:gate_frame",
     modules=("k2core.train.sft", "k2core.train.sft_data", "k2core.train.loop", "k2core.train.probe",
              "k2core.model.k2", "k2core.text.chat", "k2core.optim.muonclip"),
     description="the pretrain model fine-tuned on synthesized trajectories (K2 chat format, assistant-only loss, "
@@ -125,7 +125,7 @@ SFT = register(StageSpec(
 
 RL = register(StageSpec(
     name="rl", section="rl", inputs=("sft", "synthesize"),
-    run="k2core.rl.train:run", suite=rl_suite, code_version="1", gate_frame="k2core.rl.train:gate_frame",
+    run="k2core.rl.train:run", suite=rl_suite, code_version="1", gate_frame="k2core.train.pretrain:gate_frame",
     modules=("k2core.rl.train", "k2core.rl.gym", "k2core.rl.loss", "k2core.train.loop", "k2core.infer.engine",
              "k2core.model.k2", "k2core.text.chat", "k2core.optim.muonclip", "k2core.agentic.coding"),
     description="the sft model trained on the verifiable-rewards gym (K1.5 loss, MuonClip, PTX, budgets, "

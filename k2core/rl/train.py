@@ -438,10 +438,3 @@ def plot(df, before: dict, after: dict, tasks: list[str], out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
-
-
-def gate_frame(workdir: Path, columns: list[str]):
-    import pandas as pd
-
-    path = workdir / "telemetry.parquet"
-    return pd.read_parquet(path, columns=columns) if path.exists() else pd.DataFrame({c: [] for c in columns})

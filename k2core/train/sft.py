@@ -362,10 +362,3 @@ def plot(df, final_val: float, before: dict, after: dict, out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
-
-
-def gate_frame(workdir: Path, columns: list[str]):
-    import pandas as pd
-
-    path = workdir / "telemetry.parquet"
-    return pd.read_parquet(path, columns=columns) if path.exists() else pd.DataFrame({c: [] for c in columns})

@@ -32,7 +32,7 @@ SMALL = ["ingest.max_docs=300", "pretrain.steps=30", "pretrain.eval_every=10", "
          "sft.warmup_steps=1", "sft.eval_turns=2", "sft.eval_tasks=1", "sft.eval_max_turns=1", "sft.eval_max_tokens=16",
          "rl.steps=2", "rl.eval_every=2", "rl.checkpoint_every=2", "rl.tasks=[instructions,math]",
          "rl.prompts_per_task=2", "rl.samples=2", "rl.heldout_prompts=2", "rl.max_draws=1",
-         "rl.max_tokens={instructions: 12, math: 12}", "rl.ptx_seq_len=256"]
+         "rl.max_tokens={instructions: 12, math: 12}", "rl.ptx_seq_len=8192"]
 STAGES = ["ingest", "curate", "rephrase", "tokenize", "pretrain", "tools", "synthesize", "sft", "rl"]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
