@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import sys
 from typing import Any
 
 from prefect import flow
@@ -32,6 +33,7 @@ def run_stage(name: str, config: PipelineConfig, force: bool = False, run_id: st
             if rerun_of and not inputs:
                 inputs = upstream_of(store, name, rerun_of)
             plan_ = plan_stage(config, store, name, inputs or {})
+            _rename(fr_id, run_name(name, plan_.version))
         if recorder is None:  # the stage flow triggered on its own (a per-stage deployment)
             recorder = RunRecorder.start(store, new_run_id(), config.model_dump(mode="json"), [plan_],
                                          "prefect", flow_run_id=fr_id)
@@ -57,12 +59,40 @@ def run_stage(name: str, config: PipelineConfig, force: bool = False, run_id: st
     return {"stage": name, "version": outcome.version, "status": outcome.status}
 
 
+def _rename(fr_id: str | None, name: str) -> None:
+    """Give a running flow run its stage@version name (a lone stage run learns its version only
+    once it has planned). Naming is cosmetic: a failure to rename never fails the stage."""
+    if not fr_id:
+        return
+    try:
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(fr_id, name=name)
+    except Exception as e:  # noqa: BLE001
+        print(f"k2: could not name flow run {fr_id} {name!r}: {type(e).__name__}: {e}", file=sys.stderr)
+
+
+def run_name(stage: str, version: str) -> str:
+    """A stage's flow-run name in the Prefect UI: `sft@8f727db1`."""
+    return f"{stage}@{version[:8]}"
+
+
+def _planned_name() -> str:
+    """flow_run_name of a stage flow: stage@version when the pipeline handed its plan down, else
+    the stage's name until it has planned (then renamed)."""
+    params = flow_run.parameters or {}
+    planned = params.get("planned") or {}
+    stage = flow_run.flow_name or planned.get("stage", "stage")
+    return run_name(stage, planned["version"]) if planned.get("version") else stage
+
+
 @functools.cache
 def stage_flow(name: str):
     """The Prefect flow of one registered stage (created once per stage)."""
     spec = get_stage(name)
 
-    @flow(name=name, description=spec.description, validate_parameters=True)
+    @flow(name=name, description=spec.description, validate_parameters=True, flow_run_name=_planned_name)
     def _flow(config: PipelineConfig = PipelineConfig(), force: bool = False, run_id: str | None = None,
               inputs: dict[str, str] | None = None, rerun_of: str | None = None,
               planned: dict[str, Any] | None = None) -> dict[str, Any] | State:

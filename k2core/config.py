@@ -436,8 +436,11 @@ class SyntheticToolsConfig(Section):
 class ToolsConfig(Section):
     """The tool repository (the `tools` stage): real MCP servers, catalogue files, synthetic tools."""
 
-    mcp_servers: list[McpServerConfig] | None = Field(
-        None, description="servers to harvest; None = k2's domain servers + mcp-server-time + mcp-server-git")
+    mcp_servers: list[McpServerConfig] = Field(
+        default_factory=list, description="your own servers, harvested beside the built-in ones (one named like "
+                                          "a built-in server replaces it)")
+    builtin_servers: bool = Field(True, description="harvest k2's four domain servers (which synthesize's "
+                                                    "executable domains need) + mcp-server-time + mcp-server-git")
     files: list[str] = Field(default_factory=list, description="MCP tools/list dumps or OpenAI function-schema "
                                                                "JSON / JSONL files, local or s3://")
     server_timeout_s: float = Field(30.0, gt=0, description="per server: start, initialise, list, shut down")
@@ -446,6 +449,13 @@ class ToolsConfig(Section):
     synthetic: SyntheticToolsConfig = Field(default_factory=SyntheticToolsConfig)
     min_tools: int = Field(1, ge=0, description="gate: fewest tools in the repository")
     min_mcp_tools: int = Field(1, ge=0, description="gate: fewest tools harvested from MCP servers")
+
+    @model_validator(mode="after")
+    def _unique_servers(self) -> "ToolsConfig":
+        names = [s.name for s in self.mcp_servers]
+        if dup := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"tools.mcp_servers: server names must be unique; repeated: {', '.join(dup)}")
+        return self
 
 
 class LiveRolloutConfig(Section):

@@ -29,6 +29,7 @@ class GateResult:
     success: bool
     observed: str       # what was seen, e.g. "3 unexpected (0.15%): ['a', 'a']" or "0.93"
     expected: str       # the rule, e.g. "min_value=1"
+    hint: str = ""      # on failure: the likely cause and the setting that fixes it
 
 
 @dataclass
@@ -45,7 +46,7 @@ class GateReport:
         if self.success:
             return f"gate '{self.suite}' passed ({len(self.results)} checks)"
         parts = [f"{r.check}{f'({r.column})' if r.column else ''}: observed {r.observed}, expected {r.expected}"
-                 for r in self.failures]
+                 + (f" ({r.hint})" if r.hint else "") for r in self.failures]
         return f"gate '{self.suite}' failed: " + "; ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
@@ -53,7 +54,8 @@ class GateReport:
 
     def table(self) -> list[dict[str, Any]]:
         return [{"check": r.check, "column": r.column or "", "success": r.success,
-                 "observed": r.observed, "expected": r.expected} for r in self.results]
+                 "observed": r.observed, "expected": r.expected, "hint": "" if r.success else r.hint}
+                for r in self.results]
 
 
 def _observed(result: dict[str, Any]) -> str:
@@ -185,17 +187,18 @@ def _run_expectations(name: str, specs: list[dict[str, Any]], frame: pd.DataFram
 
 def _metric_check(spec: dict[str, Any], metrics: dict[str, Any]) -> GateResult:
     name = spec["metric"]
-    rules = {k: v for k, v in spec.items() if k != "metric"}
+    rules = {k: v for k, v in spec.items() if k not in ("metric", "hint")}
     expected = ", ".join(f"{k} {v}" for k, v in rules.items())
+    hint = spec.get("hint", "")
     value = metrics.get(name)
     if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return GateResult(f"metric:{name}", None, False, f"missing ({value!r})", expected)
+        return GateResult(f"metric:{name}", None, False, f"missing ({value!r})", expected, hint)
     ok = math.isfinite(value)
     if "max" in rules and rules["max"] is not None:
         ok &= value <= rules["max"]
     if "min" in rules and rules["min"] is not None:
         ok &= value >= rules["min"]
-    return GateResult(f"metric:{name}", None, bool(ok), f"{value:.6g}", expected)
+    return GateResult(f"metric:{name}", None, bool(ok), f"{value:.6g}", expected, hint)
 
 
 def run_gate(suite: dict[str, Any], frame: pd.DataFrame, metrics: dict[str, Any]) -> GateReport:

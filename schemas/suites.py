@@ -146,6 +146,15 @@ def synthesize_suite(cfg: Any) -> dict[str, Any]:
             {"metric": "success_rate_low", "max": 0},                  # success_rate >= min_success_rate
             {"metric": "success_rate_high", "max": 0},                 # success_rate <= max_success_rate
             {"metric": "trajectories", "min": max(1, cfg.min_trajectories)},
+            {"metric": "trajectories_train", "min": 1,
+             "hint": "no training trajectory: sft would have nothing to learn from"},
+            {"metric": "trajectories_heldout", "min": 1,
+             "hint": "no held-out trajectory: sft could not measure its held-out loss; raise "
+                     "synthesize.tasks_per_domain or synthesize.heldout_fraction"},
+            {"metric": "domains_synthesized", "min": 1 if cfg.domains else 0,
+             "hint": "every domain in synthesize.domains was skipped: a domain's tasks need its k2-<domain> "
+                     "MCP server in the tools stage; keep tools.builtin_servers=true (the default) or list "
+                     "those servers in tools.mcp_servers"},
         ],
     }
 

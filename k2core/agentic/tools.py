@@ -1,9 +1,10 @@
 """The `tools` stage: the tool repository (K2 §3.2: real MCP tools + synthetic tools).
 
 Sources, in priority order (an earlier source wins a duplicate):
-1. **MCP servers** (``tools.mcp_servers``): each started, initialised, ``tools/list``-ed following
-   cursors and shut down, with a timeout (k2core/agentic/mcp.py). Default: k2's own domain servers
-   (``k2 mcp serve DOMAIN``) and the real PyPI servers ``mcp-server-time`` and ``mcp-server-git``.
+1. **MCP servers**: each started, initialised, ``tools/list``-ed following cursors and shut down,
+   with a timeout (k2core/agentic/mcp.py). Built in (``tools.builtin_servers``, on by default): k2's
+   own domain servers (``k2 mcp serve DOMAIN``) and the real PyPI servers ``mcp-server-time`` and
+   ``mcp-server-git``; a user's ``tools.mcp_servers`` are harvested beside them.
 2. **Catalogue files** (``tools.files``, local or ``s3://``): MCP ``tools/list`` dumps (``{"tools":
    [...]}``) and OpenAI function schemas (``{"type": "function", "function": {...}}`` or the bare
    function object), as a JSON list / object or JSON Lines.
@@ -99,6 +100,15 @@ def default_servers() -> list[dict[str, Any]]:
     return ([{"name": f"k2-{d}", "command": "k2", "args": ["mcp", "serve", d]} for d in DOMAINS]
             + [{"name": "time", "command": "mcp-server-time", "args": []},
                {"name": "git", "command": "mcp-server-git", "args": []}])
+
+
+def servers_to_harvest(cfg) -> list[dict[str, Any]]:
+    """The built-in servers (unless `tools.builtin_servers` is off) and the user's own
+    (`tools.mcp_servers`), in that order; a user's server named like a built-in one replaces it."""
+    own = [s.model_dump() for s in cfg.mcp_servers]
+    names = {s["name"] for s in own}
+    builtin = [s for s in default_servers() if s["name"] not in names] if cfg.builtin_servers else []
+    return builtin + own
 
 
 def read_catalogue(uri: str, endpoint_url: str | None = None, region: str | None = None) -> tuple[list[Any], list[str]]:
@@ -260,7 +270,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     # 1. MCP servers
     from k2core.agentic.domains import DOMAINS
 
-    servers = [s.model_dump() for s in cfg.mcp_servers] if cfg.mcp_servers is not None else default_servers()
+    servers = servers_to_harvest(cfg)
     with ctx.progress(total=len(servers), desc="tools: MCP servers", unit="server") as bar:
         for h in harvest(servers, timeout=cfg.server_timeout_s):
             own = h.server.removeprefix("k2-") if h.server.startswith("k2-") else None

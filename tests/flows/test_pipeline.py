@@ -43,7 +43,8 @@ def test_pipeline_runs_stages_as_nested_flows_then_hits_cache(setup):
     assert rec.stages[1].metrics["rows"] == 12 and rec.flow_run_id
     for s in rec.stages:  # each stage ran as its own flow run, nested under the pipeline run
         fr = _flow_run(s.flow_run_id)
-        assert fr.name and fr.state.is_completed() and fr.parent_task_run_id is not None
+        assert fr.state.is_completed() and fr.parent_task_run_id is not None
+        assert fr.name == f"{s.stage}@{s.version[:8]}"          # found in the UI by stage and version
     md = _artifacts("k2-ingest-summary")
     assert md and f"`{rec.stages[0].version}`" in md[0].data and "## Quality gate: passed" in md[0].data
     assert _artifacts("k2-toy-wc-gate")
@@ -84,3 +85,13 @@ def test_rerun_pins_upstream_versions(setup):
     assert rec.rerun_of == "r4" and rec.stages[0].inputs == {"ingest": ingest_v}
     # config changed (max_docs is in the section toy_wc hashes), upstream stayed pinned: 12 rows
     assert rec.stages[0].status == "computed" and rec.stages[0].metrics["rows"] == 12
+
+
+def test_lone_stage_flow_is_named_by_stage_and_version_once_planned(setup):
+    from flows.stage import stage_flow
+
+    cfg, store = setup
+    state = stage_flow("ingest")(config=cfg, return_state=True)
+    assert state.is_completed(), state.message
+    [(_, version)] = store.artifacts("ingest")
+    assert _flow_run(state.state_details.flow_run_id).name == f"ingest@{version[:8]}"

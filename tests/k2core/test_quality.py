@@ -27,6 +27,14 @@ def test_gate_names_each_failure_with_what_it_saw(no_worker):
     assert "metric:rate: observed 0.7, expected max 0.5" in r.summary()
 
 
+def test_a_failed_metric_check_carries_its_hint_and_a_passed_one_does_not(no_worker):
+    suite = {"name": "h", "metric_checks": [{"metric": "domains", "min": 1, "hint": "set x.y"},
+                                            {"metric": "rows", "min": 1, "hint": "never shown"}]}
+    r = quality.run_gate(suite, FRAME, {"domains": 0, "rows": 4})
+    assert r.summary() == "gate 'h' failed: metric:domains: observed 0, expected min 1 (set x.y)"
+    assert [row["hint"] for row in r.table()] == ["set x.y", ""]
+
+
 def test_the_gate_process_gives_the_in_process_results(no_worker, monkeypatch):
     frames = [FRAME, FRAME.iloc[:0], pd.DataFrame({"id": ["x", None], "n": [1.5, float("nan")]})]
     here = [quality.run_gate(SUITE, f, {"rate": 0.7}).to_dict() for f in frames]

@@ -124,8 +124,20 @@ def test_zero_trajectories_fail_the_gate(pretrained, synthesized):
 
 def test_a_domain_missing_from_the_repository_is_skipped_with_its_reason(pretrained):
     tools, _ = run_stage(pretrained, "tools", ['tools.mcp_servers=[{"name": "k2-bank", "command": "k2", '
-                                               '"args": ["mcp", "serve", "bank"]}]', "tools.synthetic.count=0"])
-    out, _ = run_stage(pretrained, "synthesize", [*SMALL, "synthesize.domains=[bank, retail]", "synthesize.live.episodes=0",
+                                               '"args": ["mcp", "serve", "bank"]}]', "tools.builtin_servers=false",
+                                               "tools.synthetic.count=0"])
+    out, _ = run_stage(pretrained, "synthesize", [*SMALL, "synthesize.tasks_per_domain=16",
+                                                  "synthesize.domains=[bank, retail]", "synthesize.live.episodes=0",
                                                   "synthesize.live.simulated_tasks=0", "synthesize.judge_sample=0"],
                        pins={"tools": tools.version})
     assert out.metrics["skipped_domains"] == 1 and set(out.metrics["tasks_per_domain"]) == {"bank", "coding"}
+
+
+def test_no_executable_domain_fails_synthesizes_own_gate_naming_the_setting(pretrained):
+    """A user's own server alone (built-ins switched off): every domain is skipped and synthesize
+    — not sft after it — fails, naming the cause and the setting."""
+    tools, _ = run_stage(pretrained, "tools", ['tools.mcp_servers=[{"name": "time", "command": "mcp-server-time"}]',
+                                               "tools.builtin_servers=false", "tools.synthetic.count=0"])
+    with pytest.raises(GateFailed, match=r"metric:domains_synthesized: observed 0.*tools\.builtin_servers"):
+        run_stage(pretrained, "synthesize", [*SMALL, "synthesize.live.episodes=0", "synthesize.live.simulated_tasks=0",
+                                             "synthesize.judge_sample=0"], pins={"tools": tools.version})

@@ -74,7 +74,7 @@ def test_tools_stage_end_to_end(pretrained, tmp_path, s3_endpoint, bucket):
     servers = json.dumps([{"name": "time", "command": "mcp-server-time"},
                           {"name": "k2-retail", "command": "k2", "args": ["mcp", "serve", "retail"]},
                           {"name": "dies", "command": "python3", "args": ["-c", "raise SystemExit(1)"]}])
-    sets = [f"tools.mcp_servers={servers}", f"tools.files=[{local}, s3://{bucket}/tools/dump.json]",
+    sets = [f"tools.mcp_servers={servers}", "tools.builtin_servers=false", f"tools.files=[{local}, s3://{bucket}/tools/dump.json]",
             f"store.s3_endpoint_url={s3_endpoint}", "tools.synthetic.count=4", "tools.synthetic.batch=4",
             "tools.synthetic.max_tokens=48", "tools.near_dup_threshold=0.9", "tools.server_timeout_s=20"]
     out, store = run_stage(pretrained, "tools", sets)
@@ -104,7 +104,25 @@ def test_tools_stage_end_to_end(pretrained, tmp_path, s3_endpoint, bucket):
 def test_an_empty_repository_fails_the_gate(pretrained):
     with pytest.raises(GateFailed, match="tools"):
         run_stage(pretrained, "tools", ['tools.mcp_servers=[{"name": "dies", "command": "false"}]',
+                                        "tools.builtin_servers=false",
                                         "tools.synthetic.count=0"])
+
+
+def test_a_users_servers_add_to_the_builtin_ones():
+    from k2core.config import load_config
+
+    def names(*sets):
+        return [s["name"] for s in T.servers_to_harvest(load_config(overrides=list(sets)).tools)]
+
+    mine = 'tools.mcp_servers=[{"name": "mine", "command": "python3", "args": ["server.py"]}]'
+    assert sorted(names()) == sorted([f"k2-{d}" for d in ("bank", "retail", "travel", "calendar")] + ["time", "git"])
+    assert names(mine) == [*names(), "mine"]                       # added, not replacing
+    assert names(mine, "tools.builtin_servers=false") == ["mine"]  # the switch drops the built-ins
+    own_time = 'tools.mcp_servers=[{"name": "time", "command": "my-time"}]'
+    got = T.servers_to_harvest(load_config(overrides=[own_time]).tools)
+    assert [s["command"] for s in got if s["name"] == "time"] == ["my-time"] and len(got) == len(names())
+    with pytest.raises(Exception, match="server names must be unique; repeated: a"):
+        load_config(overrides=['tools.mcp_servers=[{"name": "a", "command": "x"}, {"name": "a", "command": "y"}]'])
 
 
 def test_hierarchical_evolution_with_a_scripted_teacher():
