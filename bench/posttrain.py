@@ -30,6 +30,7 @@ LONG = {"seq_len": 2048, "fraction": 0.3}
 MID = {"hidden_size": 192, "intermediate_size": 576, "moe_intermediate_size": 96, "num_hidden_layers": 3,
        "num_attention_heads": 6}
 PACKED = {"seq_len": 8192, "micro_batch": 1}
+DEMO = {"preset": "demo", "steps": 1200, "warmup_steps": 30, "long_context": LONG}
 GRIDS = {
     # the embedded default's knobs: pre-training length / context, model size, SFT learning rate
     "sizes": [
@@ -54,7 +55,22 @@ GRIDS = {
          "sft": {**PACKED, "optim": {"lr": 2e-3}}},
         {"name": "mid-1k-nolong", "model": MID, "pretrain": {"steps": 1000}, "sft": PACKED},
     ],
+    # the embedded default's budget (the tiny profile: demo model, 1,200 steps, 200-450 SFT steps)
+    # with and without in-context recall rows (pretrain.recall)
+    "recall": [
+        {"name": "demo", "pretrain": DEMO},
+        {"name": "demo-r.5", "pretrain": {**DEMO, "recall": {"fraction": 0.5}}},
+        {"name": "demo-r1-8pk", "pretrain": {**DEMO, "recall": {"fraction": 1.0, "per_1k_tokens": 8, "max_len": 32}}},
+        {"name": "demo-r1-16pk", "pretrain": {**DEMO, "recall": {"fraction": 1.0, "per_1k_tokens": 16, "min_len": 8,
+                                                                  "max_len": 48}}},
+        {"name": "demo-r.5-16pk", "pretrain": {**DEMO, "recall": {"fraction": 0.5, "per_1k_tokens": 16, "min_len": 8,
+                                                                   "max_len": 48}}},
+        {"name": "demo2k-r1-8pk", "pretrain": {**DEMO, "steps": 2400, "recall": {"fraction": 1.0, "per_1k_tokens": 8,
+                                                                                 "max_len": 32}}},
+    ],
 }
+for _p in GRIDS["recall"]:
+    _p["sft"] = PACKED
 
 
 class _Bar:

@@ -251,6 +251,24 @@ class LongContext(Section):
                                                             "the short phase's tokens per micro-batch, at least 1)")
 
 
+class RecallSpans(Section):
+    """In-context recall data: in a ``fraction`` of the training rows, spans of the row are copied
+    to later positions of the same row (a later span repeats an earlier one, as an id in a
+    conversation repeats what the user said), so that copying from the context pays off in the
+    loss. The copies overwrite text; the rows keep their length and every token is still trained."""
+
+    fraction: float = Field(0.0, ge=0.0, le=1.0, description="rows given copied spans; 0: off")
+    per_1k_tokens: float = Field(4.0, gt=0.0, description="copied spans per 1,000 tokens of a row (at least one)")
+    min_len: int = Field(4, ge=1, description="shortest copied span, tokens")
+    max_len: int = Field(24, ge=1, description="longest copied span, tokens")
+
+    @model_validator(mode="after")
+    def _lengths(self) -> "RecallSpans":
+        if self.min_len > self.max_len:
+            raise ValueError(f"recall.min_len ({self.min_len}) > recall.max_len ({self.max_len})")
+        return self
+
+
 class PretrainConfig(ModelInit, TrainConfig):
     """Token shards -> a trained K2 base model (the `pretrain` stage); vocab_size comes from the
     tokenizer."""
@@ -260,6 +278,7 @@ class PretrainConfig(ModelInit, TrainConfig):
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="WSD: lr at the end, as a fraction of the peak")
     min_loss_drop: float = Field(0.5, ge=0.0, description="gate: final val loss <= initial - this (nats)")
     long_context: LongContext = Field(default_factory=LongContext)
+    recall: RecallSpans = Field(default_factory=RecallSpans)
     probe: ProbeConfig = Field(default_factory=ProbeConfig)
 
 

@@ -70,6 +70,25 @@ class Batches:
         return {"input_ids": x, "labels": x}
 
 
+def recall_spans(x: torch.Tensor, rc, seed: list[int]) -> torch.Tensor:
+    """Copy spans of each chosen row (``rc.fraction`` of them) to later, non-overlapping positions
+    of the same row, in place (`pretrain.recall`). Seeded by `seed`: batch k stays a pure function
+    of k, so a resumed run sees the same rows."""
+    rng = np.random.default_rng(seed)
+    L = x.shape[1]
+    for r in range(x.shape[0]):
+        if rng.random() >= rc.fraction:
+            continue
+        for _ in range(max(1, int(rng.poisson(rc.per_1k_tokens * L / 1000)))):
+            n = int(rng.integers(rc.min_len, rc.max_len + 1))
+            if 2 * n + 1 > L:
+                break
+            src = int(rng.integers(0, L - 2 * n))            # room for the copy after it
+            dst = int(rng.integers(src + n, L - n + 1))
+            x[r, dst:dst + n] = x[r, src:src + n].clone()
+    return x
+
+
 class Phases:
     """The short phase (tokenize's rows) then, with ``long_context.seq_len``, the long-context phase:
     the last ``long_context.fraction`` of the steps read the same token stream cut into windows of
@@ -100,9 +119,11 @@ class Phases:
 
     def batch(self, index: int) -> dict[str, torch.Tensor]:
         ga = self.cfg.grad_accum
-        if index // ga < self.start:
-            return self.short.batch(index)
-        return self.long.batch(index - self.start * ga)
+        out = self.short.batch(index) if index // ga < self.start else self.long.batch(index - self.start * ga)
+        if self.cfg.recall.fraction > 0:
+            x = recall_spans(out["input_ids"].clone(), self.cfg.recall, [self.cfg.seed, 0x5EC, index])
+            out = {"input_ids": x, "labels": x}
+        return out
 
     def columns(self, step: int) -> dict[str, Any]:
         """The step's telemetry columns: its phase, sequence length and tokens."""

@@ -56,7 +56,10 @@ def call_turns(rows: list[dict[str, Any]], n: int, seed: int) -> list[tuple[list
     return turns[:n]
 
 
-def call_metrics(llm, turns, max_tokens: int) -> dict[str, float | None]:
+def call_metrics(llm, turns, max_tokens: int, samples: list | None = None) -> dict[str, float | None]:
+    """Greedy answers to held-out call turns: the first call's tool name right, every call's arguments
+    valid against its schema, all calls exact (names and argument values). With `samples`, each
+    turn's gold calls and the model's answer are appended to it (the report shows what went wrong)."""
     import jsonschema
 
     from k2core.infer.llm import TextParams
@@ -71,9 +74,13 @@ def call_metrics(llm, turns, max_tokens: int) -> dict[str, float | None]:
                              progress=False))
     name_ok = valid = exact = 0
     for (prefix, tools, gold), ok in zip(turns, fit):
-        if not ok:
+        if not ok:                 # scored as a miss: the prompt leaves no room for the answer
+            if samples is not None:
+                samples.append({**_sample(prefix, gold), "answer": None, "exact": False,
+                                "note": f"prompt + {max_tokens} tokens exceed the model's context"})
             continue
-        got = chat.parse(next(outs).text).get("tool_calls") or []
+        text = next(outs).text
+        got = chat.parse(text).get("tool_calls") or []
         want = gold["tool_calls"]
         schemas = {t["function"]["name"]: t["function"].get("parameters") or {} for t in tools}
         if got and got[0]["function"]["name"] == want[0]["function"]["name"]:
@@ -87,11 +94,19 @@ def call_metrics(llm, turns, max_tokens: int) -> dict[str, float | None]:
             except jsonschema.ValidationError:
                 good = False
         valid += good
-        exact += [(c["function"]["name"], a) for c, a in zip(got, args)] == \
+        hit = [(c["function"]["name"], a) for c, a in zip(got, args)] == \
             [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in want]
+        exact += hit
+        if samples is not None:
+            samples.append({**_sample(prefix, gold), "answer": text[:500], "exact": bool(hit)})
     n = len(turns)
     return {"turns": n, "tool_name_accuracy": round(name_ok / n, 4), "args_valid": round(valid / n, 4),
             "exact_call": round(exact / n, 4)}
+
+
+def _sample(prefix: list[dict], gold: dict) -> dict[str, Any]:
+    return {"last_message": str(prefix[-1].get("content", ""))[:300],
+            "gold": [f"{c['function']['name']}({c['function']['arguments']})" for c in gold["tool_calls"]]}
 
 
 def task_success(llm, syn_art, heldout_ids: set[str], n: int, max_turns: int, max_tokens: int, seed: int) -> dict:
@@ -121,14 +136,16 @@ def task_success(llm, syn_art, heldout_ids: set[str], n: int, max_turns: int, ma
     return {"tasks": len(tasks), "task_success": round(ok / len(tasks), 4)}
 
 
-def evaluate(checkpoint: Path, cfg, turns, syn_art, heldout_ids, domain_turns=None, probes=None) -> dict[str, Any]:
+def evaluate(checkpoint: Path, cfg, turns, syn_art, heldout_ids, domain_turns=None, probes=None,
+             samples: list | None = None) -> dict[str, Any]:
     """Held-out tool use of the model in `checkpoint`: call metrics, task success, the held-out
-    domain's call metrics (``domain_*``) and the context probe (``probe_*``) when given."""
+    domain's call metrics (``domain_*``) and the context probe (``probe_*``) when given; the
+    answers to the held-out call turns appended to `samples`."""
     from k2core.infer.llm import NativeLLM
     from k2core.train import probe as P
 
     with NativeLLM(checkpoint, device="cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu") as llm:
-        out = call_metrics(llm, turns, cfg.eval_max_tokens)
+        out = call_metrics(llm, turns, cfg.eval_max_tokens, samples)
         out.update(task_success(llm, syn_art, heldout_ids, cfg.eval_tasks, cfg.eval_max_turns, cfg.eval_max_tokens,
                                 cfg.seed))
         if domain_turns:
@@ -281,8 +298,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
     turns = call_turns(held_rows, cfg.eval_turns, cfg.seed)
     domain_turns = call_turns(dom_rows, cfg.eval_turns, cfg.seed) if dom else None
     probes = conversation_probe(cfg, tok, val_kept, ctx.log)
-    before = evaluate(base_dir, cfg, turns, syn, heldout_ids, domain_turns, probes)
-    after = evaluate(wd / "model", cfg, turns, syn, heldout_ids, domain_turns, probes)
+    samples: dict[str, list] = {"before": [], "after": []}
+    before = evaluate(base_dir, cfg, turns, syn, heldout_ids, domain_turns, probes, samples["before"])
+    after = evaluate(wd / "model", cfg, turns, syn, heldout_ids, domain_turns, probes, samples["after"])
     context = max(base_context(base_dir), max(len(e.ids) for e in kept))
     from k2core.train.pretrain import set_model_max_length
 
@@ -308,7 +326,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "metrics_computed": int(before.get("turns", 0) > 0 and after.get("turns", 0) > 0),
         "heldout_domain": dom or "", "trained_context": context,
     }
-    (wd / "report.json").write_text(json.dumps({"before": before, "after": after, "dropped": dropped[:200]}, indent=1))
+    (wd / "report.json").write_text(json.dumps({"before": before, "after": after, "samples": samples,
+                                                "dropped": dropped[:200]}, indent=1, ensure_ascii=False))
     return metrics
 
 

@@ -46,6 +46,32 @@ def test_batches_are_a_function_of_the_step_and_check_ids():
         Batches(rows[:2], 4, seed=0, vocab=50)
 
 
+def test_recall_spans_copy_earlier_spans_later_and_are_a_function_of_the_step():
+    from k2core.config import RecallSpans
+    from k2core.train.pretrain import Phases, recall_spans
+
+    x = torch.arange(16 * 256).reshape(16, 256) + 100           # every token distinct: copies are visible
+    rc = RecallSpans(fraction=0.5, per_1k_tokens=8, min_len=4, max_len=8)
+    y = recall_spans(x.clone(), rc, [0, 1])
+    changed = [r for r in range(16) if not torch.equal(x[r], y[r])]
+    assert 3 <= len(changed) <= 13                              # about half the rows
+    for r in changed:
+        moved = (x[r] != y[r]).nonzero().flatten()
+        # every overwritten token repeats a token of the original row found earlier in it
+        assert all(int(y[r, i]) in x[r, :i].tolist() for i in moved)
+    assert torch.equal(recall_spans(x.clone(), rc, [0, 1]), y) and not torch.equal(recall_spans(x.clone(), rc, [0, 2]), y)
+    assert torch.equal(recall_spans(x.clone(), RecallSpans(fraction=0.0), [0, 1]), x)
+    # in the pretrain batches: the same batch at the same step (exact resume), labels = inputs
+    cfg = PretrainConfig(preset="tiny", micro_batch=2, steps=10, recall={"fraction": 1.0})
+    rows = (np.arange(8 * 64).reshape(8, 64) % 50).astype(np.uint16)
+    a, b = Phases(cfg, rows, 64, 64).batch(3), Phases(cfg, rows, 64, 64).batch(3)
+    assert torch.equal(a["input_ids"], b["input_ids"]) and a["labels"] is a["input_ids"]
+    plain = Phases(PretrainConfig(preset="tiny", micro_batch=2, steps=10), rows, 64, 64).batch(3)["input_ids"]
+    assert not torch.equal(a["input_ids"], plain)
+    with pytest.raises(ValueError, match="min_len"):
+        RecallSpans(min_len=9, max_len=8)
+
+
 def test_empty_or_truncated_shards_are_named(tmp_path):
     from k2core.train.pretrain import Job
 

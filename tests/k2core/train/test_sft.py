@@ -5,6 +5,7 @@ two processes follow one process's curve, and a run killed mid-training resumes 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -47,6 +48,11 @@ def test_sft_stage_trains_reports_and_exports(pretrained, synthesized, tmp_path)
     for when in ("before", "after"):
         assert m[f"{when}_turns"] == 4 and 0 <= m[f"{when}_exact_call"] <= 1 and m[f"{when}_tasks"] == 2
     art = store.artifact("sft", out.version)
+    report = json.loads(Path(art.path("report.json")).read_text())
+    for when in ("before", "after"):   # every scored turn is in the report: gold call(s), the answer, exact or not
+        got = report["samples"][when]
+        assert len(got) == 4 and all(s["gold"] and "(" in s["gold"][0] for s in got)
+        assert sum(s["exact"] for s in got) == round(m[f"{when}_exact_call"] * 4)
     model_dir = art.path("model/config.json").parent
     from transformers import AutoTokenizer
 
