@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints-cpu.txt -e ".[dev]"
+	@# bfcl-eval for its data files only: its checker imports ~150 packages, a CUDA torch among them
+	$(BIN)/pip install -q --no-deps "bfcl-eval==2026.3.23"
 	@# torchvision breaks beside the CPU torch wheel (PLATFORM_NOTES.md); never keep it
 	-@$(BIN)/pip uninstall -q -y torchvision 2>/dev/null
 	@touch $(STAMP)

@@ -282,6 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_mcp(sub)
 
+    from flows.cli_eval import register as register_eval
+
+    register_eval(sub)
+
     sp = sub.add_parser("config", help="print the resolved config")
     common(sp, cfg_opts=True)
     sp.add_argument("--source", help=argparse.SUPPRESS)
