@@ -51,12 +51,15 @@ sysdeps:
 demo: $(STAMP)
 	K2_LOCAL_API=ephemeral $(BIN)/k2 run --profile tiny
 	@echo
+	@echo "Evaluation of the run's models (HumanEval, BFCL, agentic pass^k; k2 show evaluate for all of it):"
+	@$(BIN)/k2 show evaluate | sed -n '/^scores/,/^$$/p'
 	@echo "Results are in ./k2-store (artifacts/, runs/). The trained model, its loss / max-logit / expert-load"
 	@echo "plots and telemetry:  ls ./k2-store/artifacts/pretrain/*/  (model/, training.png, telemetry.parquet)"
 	@echo "Agentic data: ./k2-store/artifacts/tools/*/ (the tool repository, tools.png) and ./k2-store/artifacts/synthesize/*/"
 	@echo "(trajectories, tau2-shaped tasks/, synthesize.png). Blueprint trajectories are constructed from verified gold actions;"
 	@echo "the tiny model's live rollouts and judgements fail nearly always, and the metrics say so."
 	@echo "SFT: ./k2-store/artifacts/sft/*/ (model/ with the chat template, sft.png: loss and held-out tool use before / after)."
+	@echo "Evaluation: ./k2-store/artifacts/evaluate/*/ (scores.parquet, results/ per item with its reason, evaluate.png)."
 	@echo "Try:  $(BIN)/k2 show pretrain  |  $(BIN)/k2 show synthesize  |  $(BIN)/k2 show sft  |  $(BIN)/k2 mcp serve retail"
 	@echo "      $(BIN)/k2 generate --checkpoint ./k2-store/artifacts/pretrain/*/model --prompt 'def ' --greedy"
 

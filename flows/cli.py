@@ -4,6 +4,7 @@ modules (cli_model, cli_experiment, cli_server) are in flows/common.py."""
 from __future__ import annotations
 
 import argparse
+from typing import Any
 import json
 import os
 import sys
@@ -131,8 +132,20 @@ def cmd_show(args) -> int:
     print("\nmetrics:")
     metrics = m.get("metrics", {})
     pairs = [k[len("before_"):] for k in metrics if k.startswith("before_") and f"after_{k[7:]}" in metrics]
+    # evaluate: <model>_<suite>_<metric> for each evaluated model -> one column per model
+    models = [x for x in ("pretrain", "sft", "rl") if f"{x}_version" in metrics]
+    scores: dict[str, dict[str, Any]] = {}
+    for k, v in metrics.items():
+        mdl = next((x for x in models if k.startswith(f"{x}_") and k != f"{x}_version"), None)
+        if mdl:
+            scores.setdefault(k[len(mdl) + 1:], {})[mdl] = v
     print(table([{"metric": k, "value": v} for k, v in metrics.items()
-                 if not (k.startswith(("before_", "after_")) and k.split("_", 1)[1] in pairs)], ["metric", "value"]))
+                 if not (k.startswith(("before_", "after_")) and k.split("_", 1)[1] in pairs)
+                 and not any(k.startswith(f"{x}_") and k != f"{x}_version" for x in models)], ["metric", "value"]))
+    if scores:
+        print("\nscores (model columns):")
+        print(table([{"suite_metric": k, **{x: row.get(x, "") for x in models}} for k, row in scores.items()],
+                    ["suite_metric", *models]))
     if pairs:                                            # e.g. rl's held-out reward per task, input model vs after
         print("\nbefore / after:")
         print(table([{"metric": p, "before": metrics[f"before_{p}"], "after": metrics[f"after_{p}"],

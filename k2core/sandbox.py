@@ -95,6 +95,7 @@ class _Slots:
         self._lock_dir = Path(lock_dir) if lock_dir else None
         self._on_stale = on_stale
         self._held: dict[int, int] = {}          # slot -> fd of its locked file
+        self._next = 0
         self._cv = threading.Condition()
 
     def _dir(self) -> Path:
@@ -120,9 +121,14 @@ class _Slots:
         with self._cv:
             lock_dir = self._dir()
             while True:
-                for slot in range(self.n):
+                # round robin from the slot after the last one handed out: a uid just released may
+                # still be counted against RLIMIT_NPROC while the kernel tears its processes down
+                # (a new run under it then fails to fork: EAGAIN)
+                for i in range(self.n):
+                    slot = (self._next + i) % self.n
                     if slot not in self._held and (fd := self._try_lock(lock_dir, slot)) is not None:
                         self._held[slot] = fd
+                        self._next = slot + 1
                         return slot
                 self._cv.wait(timeout=0.05)      # all busy: a release here, or in another process
 

@@ -200,3 +200,21 @@ def rl_suite(cfg: Any) -> dict[str, Any]:
         ],
         "metric_checks": checks,
     }
+
+
+def evaluate_suite(cfg: Any) -> dict[str, Any]:
+    """Scores: every model scored on every suite, each value a finite share in [0, 1]."""
+    return {
+        "name": "evaluate",
+        "columns": ["model", "suite", "metric", "value"],
+        "expectations": [
+            {"type": "ExpectTableRowCountToBeBetween", "min_value": 1},
+            {"type": "ExpectColumnValuesToNotBeNull", "column": "value"},
+            {"type": "ExpectColumnValuesToBeBetween", "column": "value", "min_value": 0, "max_value": 1},
+            {"type": "ExpectColumnValuesToBeInSet", "column": "suite", "value_set": list(cfg.suites)},
+        ],
+        "metric_checks": [
+            {"metric": "suites_unscored", "max": 0, "hint": "a suite produced no score for a model (an empty "
+                                                            "suite file, or no held-out task for agentic)"},
+        ],
+    }

@@ -110,30 +110,13 @@ def _sample(prefix: list[dict], gold: dict) -> dict[str, Any]:
 
 
 def task_success(llm, syn_art, heldout_ids: set[str], n: int, max_turns: int, max_tokens: int, seed: int) -> dict:
-    """The model as the agent on `n` held-out executable-domain tasks: state-hash verdicts."""
-    from k2core.agentic import blueprint as B
-    from k2core.agentic.domains import DOMAINS
-    from k2core.agentic.rollout import DomainEnv, Episode, run_episodes
-    from k2core.agentic.tasks import grade
-    from k2core.infer.llm import TextParams
+    """The model as the agent on `n` held-out executable-domain tasks, greedy, once each: state-hash verdicts."""
+    from k2core.eval.agentic import attempts
 
-    tasks, worlds = [], {}
-    for name, domain in DOMAINS.items():
-        rel = f"tasks/{name}.json"
-        if rel not in syn_art.files("tasks/"):
-            continue
-        worlds[name] = domain.load_db(json.loads(Path(syn_art.path(f"domains/{name}/db.json")).read_text()))
-        tasks += [(name, t) for t in json.loads(Path(syn_art.path(rel)).read_text()) if t["id"] in heldout_ids]
-    random.Random(seed).shuffle(tasks)
-    tasks = tasks[:n]
-    if not tasks:
+    got = attempts(llm, syn_art, heldout_ids, n, 1, max_turns, max_tokens, 0.0, seed)
+    if not got:
         return {"tasks": 0, "task_success": None}
-    eps = [Episode(t, DomainEnv(DOMAINS[d], worlds[d]), DOMAINS[d].toolkit.openai_tools(),
-                   [{"role": "system", "content": B.agent_system_prompt(DOMAINS[d])}], seed=seed + i)
-           for i, (d, t) in enumerate(tasks)]
-    run_episodes(eps, llm, TextParams(max_tokens=max_tokens, temperature=0.0), max_turns=max_turns)
-    ok = sum(grade(DOMAINS[d], worlds[d], t, e.messages, e.termination).success for (d, t), e in zip(tasks, eps))
-    return {"tasks": len(tasks), "task_success": round(ok / len(tasks), 4)}
+    return {"tasks": len(got), "task_success": round(sum(t["successes"][0] for t in got) / len(got), 4)}
 
 
 def evaluate(checkpoint: Path, cfg, turns, syn_art, heldout_ids, domain_turns=None, probes=None,

@@ -32,8 +32,12 @@ SMALL = ["ingest.max_docs=300", "pretrain.steps=30", "pretrain.eval_every=10", "
          "sft.warmup_steps=1", "sft.eval_turns=2", "sft.eval_tasks=1", "sft.eval_max_turns=1", "sft.eval_max_tokens=16",
          "rl.steps=2", "rl.eval_every=2", "rl.checkpoint_every=2", "rl.tasks=[instructions,math]",
          "rl.prompts_per_task=2", "rl.samples=2", "rl.heldout_prompts=2", "rl.max_draws=1",
-         "rl.max_tokens={instructions: 12, math: 12}", "rl.ptx_seq_len=8192"]
-STAGES = ["ingest", "curate", "rephrase", "tokenize", "pretrain", "tools", "synthesize", "sft", "rl"]
+         "rl.max_tokens={instructions: 12, math: 12}", "rl.ptx_seq_len=8192",
+         "pretrain.probe.sequences=4", "sft.probe.sequences=4",
+         "evaluate.humaneval.limit=3", "evaluate.humaneval.max_tokens=16", "evaluate.bfcl.limit=1",
+         "evaluate.bfcl.max_tokens=16", "evaluate.agentic.tasks=1", "evaluate.agentic.trials=1",
+         "evaluate.agentic.max_turns=1", "evaluate.agentic.max_tokens=16"]
+STAGES = ["ingest", "curate", "rephrase", "tokenize", "pretrain", "tools", "synthesize", "sft", "rl", "evaluate"]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
@@ -187,8 +191,8 @@ def test_pipeline_deployment_runs_on_the_worker_then_a_nightly_rerun_is_incremen
     third = _wait(api, third.id)
     assert third.state.is_completed()
     [rec] = [r for r in list_runs(store) if r.flow_run_id == str(third.id)]
-    # pretrain recomputes, and the stages that take its model (tools, synthesize, sft, rl) with it
-    assert [s.status for s in rec.stages] == ["cache_hit"] * 4 + ["computed"] * 5
+    # pretrain recomputes, and the stages that take its model (tools, synthesize, sft, rl, evaluate) with it
+    assert [s.status for s in rec.stages] == ["cache_hit"] * 4 + ["computed"] * 6
     assert rec.stage("pretrain").reason == "config changed: pretrain.steps"
     assert rec.stage("synthesize").reason == "new input: pretrain, tools"
 

@@ -18,8 +18,8 @@ def corpus(tmp_path):
 
 
 def test_select_stages(toy_stages):
-    built_in = ["ingest", "curate", "rephrase", "tokenize", "pretrain", "tools", "synthesize", "sft", "rl"]
-    assert select_stages(None)[:10] == [*built_in, "toy_wc"]
+    built_in = ["ingest", "curate", "rephrase", "tokenize", "pretrain", "tools", "synthesize", "sft", "rl", "evaluate"]
+    assert select_stages(None)[:11] == [*built_in, "toy_wc"]
     assert select_stages("ingest..toy_strict") == [*built_in, "toy_wc", "toy_strict"]
     assert select_stages("pretrain..synthesize") == ["pretrain", "tools", "synthesize"]
     assert select_stages("toy_strict,ingest") == ["ingest", "toy_strict"]

@@ -207,15 +207,18 @@ def test_slots_are_exclusive_across_processes(tmp_path):
     try:
         assert proc.stdout.readline().strip() == "0"
         stale = []
-        mine = sb._Slots(lock_dir=tmp_path, on_stale=stale.append)
+        mine = sb._Slots(n=4, lock_dir=tmp_path, on_stale=stale.append)
         assert mine.acquire() == 1 and mine.acquire() == 2      # 0 is the other process's
         mine.release(1)
-        assert mine.acquire() == 1 and stale == []               # released cleanly: nothing to clean
+        # round robin: the next free slot after the last one handed out, not the one just released
+        assert mine.acquire() == 3 and stale == []
+        mine.release(3)
     finally:
         proc.kill()
         proc.wait()
     assert mine.acquire() == 0                                   # a killed holder frees its slot
     assert stale == [0]                                          # ... and its leftovers are cleaned
+    assert mine.acquire() == 1 and stale == [0]                  # 1 was released cleanly
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="slot uids are used only when k2 runs as root")
