@@ -117,6 +117,10 @@ def cmd_show(args) -> int:
     from k2core.report import fmt_value, table
     from k2core.runs import resolve
 
+    if args.id == "promoted":
+        from flows.cli_promote import show_promoted
+
+        return show_promoted(store_from_args(args), args.json)
     kind, obj = resolve(store_from_args(args), args.id)
     if kind == "run":
         print_run(obj, args.json)
@@ -251,7 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp)
     sp.set_defaults(func=cmd_runs)
 
-    sp = sub.add_parser("show", help="show a run or an artifact (run id, stage/version, version, stage)")
+    sp = sub.add_parser("show", help="show a run or an artifact (run id, stage/version, version, stage), "
+                                     "or `promoted`: the promoted model and the last promotion decision")
     sp.add_argument("id")
     common(sp)
     sp.set_defaults(func=cmd_show)
@@ -297,7 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from flows.cli_eval import register as register_eval
 
-    register_eval(sub)
+    register_eval(sub, common)
+
+    from flows.cli_promote import register as register_promote
+
+    register_promote(sub, common)
 
     sp = sub.add_parser("config", help="print the resolved config")
     common(sp, cfg_opts=True)

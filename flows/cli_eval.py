@@ -60,7 +60,36 @@ def cmd_eval_score(args) -> int:
     return 0
 
 
-def register(sub) -> None:
+def cmd_compare(args) -> int:
+    from flows.common import store_from_args
+    from k2core.errors import K2Error
+    from k2core.eval import compare as C
+    from k2core.report import table
+    from k2core.runs import resolve
+
+    store = store_from_args(args)
+    refs = []
+    for ref in (args.a, args.b):
+        kind, art = resolve(store, ref)
+        if kind == "run" or art.stage not in C.MODEL_STAGES:
+            raise K2Error(f"{ref}: not a model artifact (pretrain, sft or rl); see k2 models")
+        refs.append((art.stage, art.version))
+    out = C.compare(store, *refs)
+    if args.plot:
+        C.plot(out, args.plot)
+    if args.json:
+        print(json.dumps(out, indent=1))
+        return 0
+    print(f"A = {out['a']} (evaluate/{out['evaluate_a']})\nB = {out['b']} (evaluate/{out['evaluate_b']})")
+    if not out["same_settings"]:
+        print("note: scored under different evaluate settings — the numbers are not strictly comparable")
+    print(table([{"suite": r["suite"], "metric": r["metric"], "A": r["a"], "B": r["b"], "B - A": f"{r['delta']:+.4f}",
+                  "intervals": "overlap" if r["intervals_overlap"] else ("apart" if r["intervals_overlap"] is False else "")}
+                 for r in out["rows"]], ["suite", "metric", "A", "B", "B - A", "intervals"]))
+    return 0
+
+
+def register(sub, common=None) -> None:
     ep = sub.add_parser("eval", help="score benchmark outputs with k2's suites")
     esub = ep.add_subparsers(dest="eval_command", required=True, metavar="SUBCOMMAND")
     sp = esub.add_parser("score", help="score outputs produced elsewhere, without generating")
@@ -74,3 +103,10 @@ def register(sub) -> None:
     sp.add_argument("--workers", type=int, default=None, help="humaneval: programs at once (default: the cores)")
     sp.add_argument("--results", help="write each sample's result here (JSON Lines)")
     sp.set_defaults(func=cmd_eval_score)
+    if common is not None:
+        sp = sub.add_parser("compare", help="two model artifacts' evaluation scores side by side, with intervals")
+        sp.add_argument("a", help="model artifact: stage/version, a version or a unique prefix")
+        sp.add_argument("b")
+        sp.add_argument("--plot", help="also write a bar chart (PNG) here")
+        common(sp)
+        sp.set_defaults(func=cmd_compare)

@@ -99,4 +99,8 @@ def print_run(record, as_json: bool) -> None:
     for s in record.stages:
         if s.location:
             print(f"  {s.stage}: {s.location}")
+    if record.promotion:
+        p = record.promotion
+        print(f"promotion: {'PROMOTED' if p.get('promoted') else 'BLOCKED'} "
+              f"{p.get('candidate', '')} — {p.get('reason', '')}   (k2 show promoted)")
     print(f"details: k2 show {record.run_id}   lineage: k2 lineage {record.stages[-1].stage}")

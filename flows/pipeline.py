@@ -43,5 +43,33 @@ def k2_pipeline(config: PipelineConfig = PipelineConfig(), stages: str | None = 
                                        return_state=True)
         if not state.is_completed():  # the stage recorded why; downstream stages are skipped
             return Failed(message=state.message or f"stage {p.name} failed")
-    RunRecorder.load(store, run_id).finish(flow_run_id=fr_id)
-    return {"run_id": run_id, "stages": [p.name for p in steps]}
+    promotion = promote_after(config, store, steps, run_id)
+    rec = RunRecorder.load(store, run_id)
+    rec.record.promotion = promotion
+    rec.finish(flow_run_id=fr_id)
+    return {"run_id": run_id, "stages": [p.name for p in steps], "promotion": promotion}
+
+
+def promote_after(config: PipelineConfig, store, steps: list[PlannedStage], run_id: str) -> dict[str, Any] | None:
+    """The promotion gate on this run's evaluate artifact (k2core/promote.py): the decision is kept in
+    the store and shown in the UI; a blocked promotion does not fail the run (its stages are fine)."""
+    ev = next((p for p in steps if p.name == "evaluate"), None)
+    if ev is None or not config.promote.enabled:
+        return None
+    from prefect.artifacts import create_markdown_artifact
+
+    from k2core import promote
+
+    try:
+        decision = promote.decide(store, store.artifact("evaluate", ev.version), config.promote, run_id)
+    except K2Error as e:
+        create_markdown_artifact(f"# Promotion: not decided\n\n{e}\n", key="k2-promotion",
+                                 description="promotion: not decided")
+        return {"promoted": False, "reason": str(e)}
+    promote.record(store, decision)
+    create_markdown_artifact(decision.markdown(), key="k2-promotion",
+                             description=f"promotion: {'promoted' if decision.promoted else 'blocked'}")
+    print(f"k2: promotion {'PROMOTED' if decision.promoted else 'BLOCKED'} "
+          f"{decision.candidate['stage']}/{decision.candidate['version']}: {decision.reason}", flush=True)
+    return {"promoted": decision.promoted, "candidate": f"{decision.candidate['stage']}/{decision.candidate['version']}",
+            "reason": decision.reason}

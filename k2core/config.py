@@ -585,6 +585,19 @@ class EvaluateConfig(Section):
         return self
 
 
+class PromoteConfig(Section):
+    """The promotion gate after `evaluate` (k2core/promote.py): not a stage — it moves the store's
+    promoted-model pointer when the run's candidate passes."""
+
+    enabled: bool = Field(True, description="decide at the end of every run that evaluated")
+    model: Literal["pretrain", "sft", "rl"] = Field("rl", description="the run's candidate model")
+    min_scores: dict[str, float] = Field(default_factory=dict, description="<suite>_<metric> -> minimum, "
+                                                                          "e.g. {humaneval_pass_at_1: 0.1}")
+    max_regression: dict[str, float] = Field(default_factory=dict, description="suite -> the headline drop "
+                                                                              "allowed vs the promoted model")
+    default_max_regression: float = Field(0.0, ge=0.0, description="for suites not in max_regression")
+
+
 class PipelineConfig(Section):
     """The whole pipeline. Later stages add their sections here."""
 
@@ -601,6 +614,7 @@ class PipelineConfig(Section):
     sft: SFTConfig = Field(default_factory=SFTConfig)
     rl: RLConfig = Field(default_factory=RLConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    promote: PromoteConfig = Field(default_factory=PromoteConfig)
 
 
 # ---------------------------------------------------------------------------- profiles

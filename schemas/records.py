@@ -34,6 +34,7 @@ class RunRecord(BaseModel):
     # where the command's own time went, seconds: plan_s (config + plan, from the command's start),
     # prefect_import_s, api_wait_s (the local Prefect server's start; ~0 when reused), pipeline_s
     timings: dict[str, float] = Field(default_factory=dict)
+    promotion: dict[str, Any] | None = None  # the promotion gate's decision, when the run evaluated
 
     def stage(self, name: str) -> StageRun:
         for s in self.stages:

@@ -172,6 +172,8 @@ def test_pipeline_deployment_runs_on_the_worker_then_a_nightly_rerun_is_incremen
     store = open_store(str(server["store"]))
     [rec] = [r for r in list_runs(store) if r.flow_run_id == str(fr.id)]
     assert rec.status == "completed" and [s.status for s in rec.stages] == ["computed"] * len(STAGES)
+    # the nightly deployment decides promotion at the end of the run (the first one promotes)
+    assert rec.promotion["promoted"] and rec.promotion["reason"].startswith("first promotion"), rec.promotion
     m = rec.stage("tools").metrics                          # the real MCP servers were harvested by the worker
     assert m["per_source"]["mcp:time"] == 2 and m["per_source"]["mcp:git"] == 12 and m["servers_failed"] == 0
     assert rec.stage("synthesize").metrics["per_origin"]["blueprint"] > 0

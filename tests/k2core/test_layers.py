@@ -21,6 +21,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("k2core.artifacts", "k2core.models"),
     ("k2core.infer",),                                                 # engines and the LLM interface
     ("k2core.agentic",),                                               # tools, tasks, rollouts, synthesis
+    ("k2core.eval", "k2core.promote"),                                 # benchmark suites, the evaluate stage, promotion
     ("k2core.train",),                                                 # the loop and the training stages
     ("k2core.rl",),                                                    # the gym, the K1.5 loss (the rl stage)
     ("k2core.data",),                                                  # the pre-training data stages

