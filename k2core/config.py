@@ -628,7 +628,7 @@ PROFILES: dict[str, dict[str, Any]] = {
              # the post-training stages feed ~2,300-token conversations (tool declarations ~1,500): the
              # last 30% of the steps read 2,048-token windows (long-context activation, as K2 does
              # before post-training); the `demo` model: the smallest measured to learn exact calls
-             "pretrain": {"preset": "demo", "steps": 1200, "micro_batch": 16, "warmup_steps": 30,
+             "pretrain": {"preset": "demo", "steps": 1100, "micro_batch": 16, "warmup_steps": 30,
                           "long_context": {"seq_len": 2048, "fraction": 0.3},
                           "eval_every": 100, "checkpoint_every": 200, "optim": {"lr": 3e-3}},
              "tools": {"synthetic": {"count": 16, "batch": 16, "max_tokens": 128}},
@@ -640,7 +640,7 @@ PROFILES: dict[str, dict[str, Any]] = {
              "sft": {"steps": 200, "micro_batch": 1, "seq_len": 8192, "eval_every": 100, "checkpoint_every": 50,
                      "eval_batches": 2, "warmup_steps": 10, "eval_turns": 32, "eval_tasks": 4, "eval_max_turns": 3,
                      "eval_max_tokens": 96, "heldout_domain": "calendar", "probe": {"sequences": 12}},
-             "rl": {"steps": 12, "eval_every": 6, "checkpoint_every": 6, "prompts_per_task": 8, "samples": 4,
+             "rl": {"steps": 8, "eval_every": 4, "checkpoint_every": 4, "prompts_per_task": 8, "samples": 4,
                     "heldout_prompts": 16, "ptx_seq_len": 4096},
              # every suite on every model in ~15 s of the demo's 2 cores (the full suites: drop the limits)
              "evaluate": {"humaneval": {"limit": 30, "max_tokens": 128}, "bfcl": {"limit": 6, "max_tokens": 96},

@@ -128,9 +128,9 @@ def decide(store, evaluate_art, cfg, run_id: str | None = None) -> Decision:
             reasons.append(f"{c.metric} = {_f(c.candidate) or 'missing'} is below the minimum ({c.rule})")
     promoted = not reasons
     if promoted:
-        reason = ("first promotion: " if inc is None else "no suite regressed: ") + \
-            (f"minimum scores held ({len(cfg.min_scores)})" if cfg.min_scores or inc is None else
-             f"{len(checks)} checks passed")
+        mins = f"{len(cfg.min_scores)} minimum score(s) held" if cfg.min_scores else "no minimum scores set"
+        reason = f"first promotion ({mins})" if inc is None else \
+            f"no suite regressed ({len(checks)} checks passed)"
     else:
         reason = "blocked: " + "; ".join(reasons)
     return Decision(promoted, candidate, inc and {k: inc[k] for k in ("stage", "version", "evaluate", "scores")},
