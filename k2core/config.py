@@ -565,16 +565,65 @@ class AgenticSuite(Section):
     max_tokens: int = Field(160, ge=8)
 
 
+class LiveCodeBenchSuite(Section):
+    """LiveCodeBench-style rows (stdin or functional tests) run in k2's sandbox: unbiased pass@k."""
+
+    path: str | None = Field(None, description="JSON Lines (path or s3://; .gz ok); None: the shipped sample "
+                                               "(k2core/eval/samples/livecodebench_style.jsonl)")
+    limit: int | None = Field(None, ge=1)
+    samples: int = Field(1, ge=1)
+    temperature: float = Field(0.0, ge=0.0)
+    max_tokens: int = Field(512, ge=8)
+    timeout_s: float = Field(6.0, gt=0, description="seconds per sandboxed run")
+
+
+class MathSuite(Section):
+    """AIME-style problems with integer answers: avg@k over `samples` answers, checked with math-verify."""
+
+    path: str | None = Field(None, description="JSON Lines of {problem, answer}; None: the shipped sample "
+                                               "(k2core/eval/samples/aime_style.jsonl)")
+    limit: int | None = Field(None, ge=1)
+    samples: int = Field(1, ge=1, description="k of avg@k (K2 reports AIME as avg@64)")
+    temperature: float = Field(0.0, ge=0.0, description="use > 0 with samples > 1")
+    max_tokens: int = Field(512, ge=8)
+    timeout_s: float = Field(10.0, gt=0, description="math-verify's limit per answer")
+
+
+class McqSuite(Section):
+    """GPQA-style multiple choice: options shuffled with a seed per question, accuracy."""
+
+    path: str | None = Field(None, description="GPQA's CSV (path or s3://); None: the shipped sample "
+                                               "(k2core/eval/samples/gpqa_style.csv)")
+    limit: int | None = Field(None, ge=1)
+    shuffle_seed: int = 0
+    max_tokens: int = Field(64, ge=8)
+
+
+class GymSuite(Section):
+    """The RL gym's environments at seeds neither rl training nor rl's held-out prompts use."""
+
+    envs: list[str] = Field(default_factory=lambda: ["math", "logic", "instructions", "coding"])
+    logic_tasks: list[str] | None = Field(None, description="reasoning-gym tasks (default: the gym's short-answer list)")
+    prompts: int = Field(16, ge=1, description="prompts per environment")
+    difficulty: dict[str, int] = Field(default_factory=dict, description="env -> level (default 1)")
+    max_tokens: dict[str, int] = Field(default_factory=dict, description="env -> token budget (default: the env's)")
+
+
 class EvaluateConfig(Section):
     """The `evaluate` stage: benchmark suites on the run's models."""
 
     models: list[Literal["pretrain", "sft", "rl"]] = Field(default_factory=lambda: ["pretrain", "sft", "rl"],
                                                            description="which of the run's models to evaluate")
-    suites: list[Literal["humaneval", "bfcl", "agentic"]] = Field(
-        default_factory=lambda: ["humaneval", "bfcl", "agentic"])
+    suites: list[Literal["humaneval", "livecodebench", "bfcl", "agentic", "math", "mcq", "gym"]] = Field(
+        default_factory=lambda: ["humaneval", "livecodebench", "bfcl", "agentic", "math", "mcq", "gym"],
+        description="k2core/eval/suites.py; math, mcq and livecodebench read shipped sample files unless given a path")
     humaneval: HumanEvalSuite = Field(default_factory=HumanEvalSuite)
+    livecodebench: LiveCodeBenchSuite = Field(default_factory=LiveCodeBenchSuite)
     bfcl: BfclSuite = Field(default_factory=BfclSuite)
     agentic: AgenticSuite = Field(default_factory=AgenticSuite)
+    math: MathSuite = Field(default_factory=MathSuite)
+    mcq: McqSuite = Field(default_factory=McqSuite)
+    gym: GymSuite = Field(default_factory=GymSuite)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
 
@@ -644,7 +693,9 @@ PROFILES: dict[str, dict[str, Any]] = {
                     "heldout_prompts": 16, "ptx_seq_len": 4096},
              # every suite on every model in ~15 s of the demo's 2 cores (the full suites: drop the limits)
              "evaluate": {"humaneval": {"limit": 30, "max_tokens": 128}, "bfcl": {"limit": 6, "max_tokens": 96},
-                          "agentic": {"tasks": 6, "trials": 2, "max_turns": 3, "max_tokens": 96}}},
+                          "agentic": {"tasks": 6, "trials": 2, "max_turns": 3, "max_tokens": 96},
+                          "livecodebench": {"max_tokens": 128}, "math": {"max_tokens": 64},
+                          "mcq": {"max_tokens": 24}, "gym": {"prompts": 8}}},
     "h200": {"ingest": {"max_docs": None},
              "pretrain": {"preset": "h200", "steps": 600, "micro_batch": 8, "grad_accum": 16, "warmup_steps": 30,
                           "eval_every": 100, "checkpoint_every": 250, "optim": {"lr": 1e-3}}},

@@ -22,12 +22,10 @@ from datetime import datetime, timezone
 from typing import Any
 
 from k2core.errors import K2Error
+from k2core.eval.suites import headline_keys
 
 POINTER = "promoted/current.json"
 DECISIONS = "promoted/decisions"
-HEADLINE = {"humaneval": "humaneval_pass_at_1", "bfcl": "bfcl_overall", "agentic": "agentic_pass_hat_1"}
-
-
 @dataclass
 class Check:
     metric: str
@@ -61,6 +59,15 @@ class Decision:
             lines.append(f"| {c.metric} | {_f(c.candidate)} | {_f(c.incumbent)} | {_f(c.delta, True)} | {c.rule} | "
                          f"{'yes' if c.ok else '**no**'} |")
         return "\n".join(lines) + "\n"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _stamp(iso: str) -> str:
+    """A decision file's name part: the ISO time without separators (sorts by time)."""
+    return iso.replace(":", "").replace("-", "")
 
 
 def _f(v, signed=False) -> str:
@@ -102,7 +109,7 @@ def decide(store, evaluate_art, cfg, run_id: str | None = None) -> Decision:
     if inc is not None and inc.get("version") == candidate["version"]:
         return Decision(True, candidate, {k: inc.get(k) for k in ("stage", "version", "evaluate", "scores")}, [],
                         "already the promoted model: nothing to change",
-                        datetime.now(timezone.utc).isoformat(timespec="seconds"), run_id)
+                        _now(), run_id)
     checks: list[Check] = []
     for key, low in sorted(cfg.min_scores.items()):
         got = cand_scores.get(key)
@@ -112,7 +119,7 @@ def decide(store, evaluate_art, cfg, run_id: str | None = None) -> Decision:
         reasons.append(f"the promoted model {inc['stage']}/{inc['version']} was scored under other evaluate "
                        "settings: not comparable (promote by hand: k2 promote VERSION)")
     elif inc is not None:
-        for suite, key in HEADLINE.items():
+        for suite, key in headline_keys().items():
             if key not in cand_scores or key not in inc["scores"]:
                 continue
             tol = cfg.max_regression.get(suite, cfg.default_max_regression)
@@ -134,12 +141,12 @@ def decide(store, evaluate_art, cfg, run_id: str | None = None) -> Decision:
     else:
         reason = "blocked: " + "; ".join(reasons)
     return Decision(promoted, candidate, inc and {k: inc[k] for k in ("stage", "version", "evaluate", "scores")},
-                    checks, reason, datetime.now(timezone.utc).isoformat(timespec="seconds"), run_id)
+                    checks, reason, _now(), run_id)
 
 
 def record(store, decision: Decision) -> None:
     """Keep the decision; move the pointer when it promotes."""
-    stamp = decision.decided_at.replace(":", "").replace("-", "")
+    stamp = _stamp(decision.decided_at)
     store.put_json(f"{DECISIONS}/{stamp}-{decision.candidate['version']}.json", decision.to_dict())
     if decision.promoted and (decision.incumbent or {}).get("version") != decision.candidate["version"]:
         store.put_json(POINTER, {**decision.candidate, "promoted_at": decision.decided_at, "run_id": decision.run_id,
@@ -157,10 +164,10 @@ def promote_by_hand(store, stage: str, version: str, evaluate_art=None) -> dict[
         if model:
             scores, settings, ev = scores_of(m, model), settings_hash(evaluate_art.manifest.get("config", {})), \
                 evaluate_art.version
-    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    now = _now()
     ptr = {"stage": stage, "version": version, "evaluate": ev, "scores": scores, "settings": settings,
            "promoted_at": now, "run_id": None, "manual": True}
     store.put_json(POINTER, ptr)
-    store.put_json(f"{DECISIONS}/{now.replace(':', '').replace('-', '')}-{version}.json",
+    store.put_json(f"{DECISIONS}/{_stamp(now)}-{version}.json",
                    {"promoted": True, "manual": True, "candidate": ptr, "reason": "promoted by hand"})
     return ptr

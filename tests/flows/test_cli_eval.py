@@ -45,3 +45,27 @@ def test_bfcl_decoded_outputs_per_category(tmp_path, capsys):
 def test_a_missing_samples_file_names_the_format(tmp_path, capsys):
     assert main(["eval", "score", "--suite", "bfcl", "--samples", str(tmp_path / "none.jsonl")]) != 0
     assert '{"id", "result"}' in capsys.readouterr().err
+
+
+def test_math_mcq_and_livecodebench_samples(tmp_path, capsys):
+    from k2core.eval import answers, livecodebench
+
+    probs, _ = answers.read_math(limit=2)
+    lines = [{"id": probs[0].id, "response": f"<answer>{probs[0].answer}</answer>"},
+             {"id": probs[0].id, "response": "<answer>0</answer>"},
+             {"id": probs[1].id, "response": f"\\boxed{{{probs[1].answer}}}"},
+             {"id": probs[1].id, "response": f"<answer>{probs[1].answer}</answer>"}, {"id": "nope", "response": "1"}]
+    f = tmp_path / "math.jsonl"
+    f.write_text("".join(json.dumps(x) + "\n" for x in lines) + "{bad\n")
+    out = _score(capsys, "--suite", "math", "--samples", str(f))
+    assert out["avg@k"] == 0.75 and out["samples"] == 2 and out["unknown_ids"] == 1 and len(out["bad_sample_lines"]) == 1
+    mcq, _ = answers.read_mcq(limit=2)
+    f = tmp_path / "mcq.jsonl"
+    f.write_text("".join(json.dumps({"id": q.id, "response": f"<answer>{q.answer}</answer>"}) + "\n" for q in mcq))
+    assert _score(capsys, "--suite", "mcq", "--samples", str(f))["accuracy"] == 1.0
+    rows = [json.loads(x) for x in (livecodebench.SAMPLES / "livecodebench_style.jsonl").read_text().splitlines()]
+    f = tmp_path / "lcb.json"
+    f.write_text(json.dumps([{"question_id": r["question_id"], "code_list": [r["k2_reference_solution"], "print(1)"]}
+                             for r in rows[:3]]))
+    out = _score(capsys, "--suite", "livecodebench", "--samples", str(f), "--k", "1,2")
+    assert out["problems"] == 3 and out["passed"] == 3 and out["pass@1"] == 0.5 and out["pass@2"] == 1.0

@@ -21,7 +21,8 @@ FLOORS: list[tuple[str, ...]] = [
     ("k2core.artifacts", "k2core.models"),
     ("k2core.infer",),                                                 # engines and the LLM interface
     ("k2core.agentic",),                                               # tools, tasks, rollouts, synthesis
-    ("k2core.eval", "k2core.promote"),                                 # benchmark suites, the evaluate stage, promotion
+    ("k2core.eval", "k2core.promote", "k2core.rl.gym"),                # benchmark suites, the evaluate stage, promotion;
+                                                                       # the gym's environments (verifiers) serve both
     ("k2core.train",),                                                 # the loop and the training stages
     ("k2core.rl",),                                                    # the gym, the K1.5 loss (the rl stage)
     ("k2core.data",),                                                  # the pre-training data stages

@@ -8,13 +8,18 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from k2core.eval.suites import SUITES
+
 from tests.k2core.agentic.conftest import pretrained, run_stage  # noqa: F401 — the session fixture
 from tests.k2core.rl.test_train import RL, sft_model  # noqa: F401 — module fixture: tools, synthesize, sft
 
 pytestmark = pytest.mark.slow
 EVAL = ["evaluate.humaneval.limit=4", "evaluate.humaneval.max_tokens=24", "evaluate.bfcl.limit=2",
         "evaluate.bfcl.max_tokens=24", "evaluate.agentic.tasks=2", "evaluate.agentic.trials=2",
-        "evaluate.agentic.max_turns=1", "evaluate.agentic.max_tokens=16"]
+        "evaluate.agentic.max_turns=1", "evaluate.agentic.max_tokens=16", "evaluate.livecodebench.limit=2",
+        "evaluate.livecodebench.max_tokens=16", "evaluate.math.limit=2", "evaluate.math.max_tokens=16",
+        "evaluate.mcq.limit=2", "evaluate.mcq.max_tokens=8", "evaluate.gym.prompts=2", "evaluate.gym.envs=[math,logic]",
+        "evaluate.gym.max_tokens={math: 8, logic: 8}"]
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +42,7 @@ def test_every_suite_on_every_model_with_results_and_reasons(evaluated, sft_mode
     assert m["rl_version"] == rl.version and m["sft_version"] == sft_model["pins"]["sft"]
     art = store.artifact("evaluate", out.version)
     df = pd.read_parquet(art.path("scores.parquet"))
-    assert set(df.model) == {"pretrain", "sft", "rl"} and set(df.suite) == {"humaneval", "bfcl", "agentic"}
+    assert set(df.model) == {"pretrain", "sft", "rl"} and set(df.suite) == set(SUITES)
     assert df.value.between(0, 1).all() and (df.ci_low <= df.value).all() and (df.value <= df.ci_high).all()
     for model in ("pretrain", "sft", "rl"):
         assert f"{model}_humaneval_pass_at_1" in m and f"{model}_agentic_pass_hat_2" in m
@@ -50,6 +55,11 @@ def test_every_suite_on_every_model_with_results_and_reasons(evaluated, sft_mode
         assert [r["task_id"] for r in he_res] == ["HumanEval/0", "HumanEval/2"] and all(r["result"] for r in he_res)
         ag = [json.loads(x) for x in Path(art.path(f"results/{model}-agentic.jsonl")).read_text().splitlines()]
         assert len(ag) == 2 and all(len(t["successes"]) == 2 for t in ag)
+        for suite, n in (("livecodebench", 2), ("math", 2), ("mcq", 2), ("gym", 4)):    # every item with a reason
+            res = [json.loads(x) for x in Path(art.path(f"results/{model}-{suite}.jsonl")).read_text().splitlines()]
+            assert len(res) == n and all(r.get("reason") or r.get("result") for r in res), suite
+        assert {f"{model}_math_avg_at_k", f"{model}_mcq_accuracy", f"{model}_gym_math", f"{model}_gym_logic",
+                f"{model}_gym_overall", f"{model}_livecodebench_pass_at_1"} <= set(m)
     assert "evaluate.png" in art.files("")
     report = json.loads(Path(art.path("report.json")).read_text())
     assert report["bad_rows"]["humaneval"] == ["row 3: missing prompt, test, entry_point"]
