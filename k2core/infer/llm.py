@@ -56,6 +56,7 @@ class Completion:
     finish_reason: str                # "stop" | "length"
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    token_ids: list[int] | None = None  # every generated id, a final stop token included (checkpoint backends)
 
 
 def cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
@@ -75,6 +76,15 @@ class LLM(ABC):
 
     def describe(self) -> str:
         return f"{self.backend}:{self.model}"
+
+    def generate_ids(self, prompt_ids: list[list[int]], params: TextParams | None = None) -> list[Completion]:
+        """Generate from token-id prompts (`/v1/completions` with token ids, lm-eval's tokenized requests)."""
+        raise LLMError(f"the {self.backend} backend takes text prompts only (token ids: the native backend)")
+
+    def token_logprobs(self, sequences: list[list[int]], top: int = 0) -> list[tuple[list, list]]:
+        """Per sequence: the log-prob of each token given the ones before it (None for the first)
+        and, when `top` > 0, the `top` most likely (id, log-prob) at each position (None first)."""
+        raise LLMError(f"the {self.backend} backend gives no log-probs (echo / logprobs: the native backend)")
 
     def fits(self, prompt: str, max_tokens: int) -> bool:
         """Whether `prompt` plus `max_tokens` fits the model's context (unknown for a server: yes)."""
@@ -142,7 +152,20 @@ class _CheckpointLLM(LLM):
         toks = token_ids[:-1] if finish == "stop" and token_ids and token_ids[-1] in stops else token_ids
         text, stopped = cut_at_stop(self.tokenizer.decode(toks, skip_special_tokens=not params.keep_special),
                                     params.stop)
-        return Completion(text, "stop" if stopped or finish == "stop" else "length", len(prompt_ids), len(token_ids))
+        return Completion(text, "stop" if stopped or finish == "stop" else "length", len(prompt_ids), len(token_ids),
+                          list(token_ids))
+
+    def check_ids(self, prompt_ids: list[list[int]], max_tokens: int = 0) -> None:
+        v = self.tokenizer.get_vocab_size()
+        for i, x in enumerate(prompt_ids):
+            if not x:
+                raise LLMError(f"prompt {i} has no tokens")
+            bad = next((t for t in x if not 0 <= t < v), None)
+            if bad is not None:
+                raise LLMError(f"prompt {i}: token id {bad} is outside the vocabulary (0..{v - 1})")
+            if self.context_length is not None and len(x) + max_tokens > self.context_length:
+                raise LLMError(f"prompt {i}: {len(x)} tokens + max_tokens {max_tokens} exceed the model's context "
+                               f"({self.context_length})")
 
 
 class NativeLLM(_CheckpointLLM):
@@ -167,12 +190,36 @@ class NativeLLM(_CheckpointLLM):
 
     def generate(self, prompts: list[str], params: TextParams | None = None,
                  progress: bool = True) -> list[Completion]:
+        return self._generate(self._encode(prompts), params or TextParams(), progress)
+
+    def generate_ids(self, prompt_ids: list[list[int]], params: TextParams | None = None) -> list[Completion]:
         params = params or TextParams()
-        ids = self._encode(prompts)
+        self.check_ids(prompt_ids, params.max_tokens)
+        return self._generate(prompt_ids, params, False)
+
+    def _generate(self, ids: list[list[int]], params: TextParams, progress: bool) -> list[Completion]:
         sp = self._sampling(params)
         with self._lock:
             gens = self.engine.generate(ids, sp, progress=progress)
         return [self._completion(x, g.token_ids, g.finish_reason, params) for x, g in zip(ids, gens)]
+
+    def token_logprobs(self, sequences: list[list[int]], top: int = 0) -> list[tuple[list, list]]:
+        """One forward pass per sequence (no padding: MoE routing and attention see only it)."""
+        import torch
+
+        self.check_ids(sequences)
+        out = []
+        with self._lock, torch.no_grad():
+            for seq in sequences:
+                x = torch.tensor([seq], device=self.engine.device)
+                lp = torch.log_softmax(self.engine.model(x).logits[0, :-1].float(), dim=-1)
+                got = lp.gather(1, x[0, 1:, None])[:, 0].tolist()
+                tops: list = [None]
+                if top:
+                    v, i = lp.topk(min(top, lp.shape[-1]), dim=-1)
+                    tops += [list(zip(ii, vv)) for ii, vv in zip(i.tolist(), v.tolist())]
+                out.append(([None] + got, tops))
+        return out
 
 
     def _sampling(self, params: TextParams):

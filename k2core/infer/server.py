@@ -1,6 +1,8 @@
 """An OpenAI-compatible HTTP server over an :class:`~k2core.infer.llm.LLM` (``k2 serve``):
-``GET /v1/models``, ``POST /v1/completions`` (prompt: a string or a list of strings; max_tokens,
-temperature, top_p, seed, stop), ``POST /v1/chat/completions`` (messages, tools, tool_choice,
+``GET /v1/models``, ``POST /v1/completions`` (prompt: a string, strings, token ids or lists of
+them; max_tokens, temperature, top_p, seed, stop, ``echo``, ``logprobs`` — prompt log-probs and the
+top N per position, as lm-evaluation-harness's ``local-completions`` needs for log-likelihood tasks),
+vLLM's ``GET /tokenizer_info``, ``POST /tokenize`` and ``/detokenize`` (lm-eval's remote tokenizer), ``POST /v1/chat/completions`` (messages, tools, tool_choice,
 sampling parameters, n, stream), ``GET /health``.
 
 Chat requests are rendered in K2's chat format (k2core/text/chat.py); the answer's OpenAI
@@ -24,8 +26,11 @@ from k2core.infer.llm import LLM, Completion, LLMError, TextParams
 
 class CompletionRequest(BaseModel):
     model: str | None = None
-    prompt: str | list[str]
-    max_tokens: int = Field(16, ge=1, le=32_768)
+    prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int = Field(16, ge=0, le=32_768, description="0 only with echo: score the prompt, generate nothing")
+    echo: bool = Field(False, description="the prompt is returned before the completion (text, tokens, log-probs)")
+    logprobs: int | None = Field(None, ge=0, le=20, description="log-probs of the returned tokens and the N most "
+                                                                 "likely at each position")
     temperature: float = Field(1.0, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     seed: int | None = None
@@ -86,6 +91,52 @@ def _message(req: ChatRequest, text: str) -> tuple[dict[str, Any], bool]:
     return out, bool(msg.get("tool_calls"))
 
 
+def _scored_completions(llm: LLM, raw, req: CompletionRequest, params: TextParams):
+    """Completions of token-id or text prompts with OpenAI's legacy ``logprobs`` object (tokens,
+    token_logprobs, top_logprobs, text_offset) over the returned tokens — the prompt's too with
+    ``echo`` (its first token has no log-prob: None). Generated ids include a final stop token, as
+    vLLM returns them; the text stops before it."""
+    tok = getattr(llm, "tokenizer", None)
+    if tok is None:
+        raise LLMError(f"echo / logprobs / token-id prompts need a k2 checkpoint backend, not {llm.backend}")
+    if isinstance(raw, str) or isinstance(raw[0], str):
+        prompt_ids = [tok.encode(p).ids for p in ([raw] if isinstance(raw, str) else raw)]
+    else:
+        prompt_ids = [raw] if isinstance(raw[0], int) else raw
+    if req.max_tokens == 0:
+        llm.check_ids(prompt_ids)
+        outs = [Completion("", "length", len(x), 0, []) for x in prompt_ids]
+    else:
+        outs = llm.generate_ids(prompt_ids, params)
+    scored = None
+    if req.logprobs is not None:
+        scored = llm.token_logprobs([x + (o.token_ids or []) for x, o in zip(prompt_ids, outs)], req.logprobs)
+    choices = []
+    for i, (x, o) in enumerate(zip(prompt_ids, outs)):
+        text = (tok.decode(x, skip_special_tokens=False) if req.echo else "") + o.text
+        lp = None
+        if scored is not None:
+            ids = x + (o.token_ids or [])
+            lps, tops = scored[i]
+            start = 0 if req.echo else len(x)
+            pieces = [tok.id_to_token(t) or "" for t in ids[start:]]
+            offsets, at = [], 0
+            for piece in pieces:
+                offsets.append(at)
+                at += len(piece)
+            top_dicts = []
+            for t, top, own in zip(ids[start:], tops[start:], lps[start:]):
+                if top is None:
+                    top_dicts.append(None)
+                    continue
+                d = {tok.id_to_token(a) or str(a): v for a, v in top}
+                d.setdefault(tok.id_to_token(t) or str(t), own)      # the returned token always listed (vLLM)
+                top_dicts.append(d)
+            lp = {"tokens": pieces, "token_logprobs": lps[start:], "top_logprobs": top_dicts, "text_offset": offsets}
+        choices.append({"index": i, "text": text, "finish_reason": o.finish_reason, "logprobs": lp})
+    return choices, outs
+
+
 def create_app(llm: LLM, model_name: str):
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse
@@ -107,24 +158,55 @@ def create_app(llm: LLM, model_name: str):
     def completions(req: CompletionRequest):
         if req.model not in (None, model_name):
             return error(404, f"model {req.model!r} is not served here (serving {model_name!r})")
-        prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
-        if not prompts:
+        raw = req.prompt
+        if not raw:
             return error(400, "prompt is empty")
+        if req.max_tokens == 0 and not req.echo:
+            return error(400, "max_tokens = 0 needs echo = true (scoring the prompt)")
         stop = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
+        by_ids = not isinstance(raw, str) and not isinstance(raw[0], str)
         try:
-            params = TextParams(max_tokens=req.max_tokens, temperature=req.temperature, top_p=req.top_p,
+            params = TextParams(max_tokens=max(req.max_tokens, 1), temperature=req.temperature, top_p=req.top_p,
                                 seed=req.seed, stop=stop, keep_special=not req.skip_special_tokens)
-            outs = llm.generate(prompts, params, progress=False)
+            if by_ids or req.echo or req.logprobs is not None:
+                choices, outs = _scored_completions(llm, raw, req, params)
+            else:
+                outs = llm.generate([raw] if isinstance(raw, str) else raw, params, progress=False)
+                choices = [{"index": i, "text": o.text, "finish_reason": o.finish_reason, "logprobs": None}
+                           for i, o in enumerate(outs)]
         except (ValueError, LLMError) as e:
             return error(400, str(e))
         usage_p = sum(o.prompt_tokens or 0 for o in outs)
         usage_c = sum(o.completion_tokens or 0 for o in outs)
         return {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
-                "model": model_name,
-                "choices": [{"index": i, "text": o.text, "finish_reason": o.finish_reason, "logprobs": None}
-                            for i, o in enumerate(outs)],
+                "model": model_name, "choices": choices,
                 "usage": {"prompt_tokens": usage_p, "completion_tokens": usage_c,
                           "total_tokens": usage_p + usage_c}}
+
+    tok = getattr(llm, "tokenizer", None)
+    if tok is not None:
+        # vLLM's tokenizer endpoints, which lm-eval's remote tokenizer reads (tokenizer_backend=remote)
+        from k2core.text.special_tokens import EOS, PAD
+
+        @app.get("/tokenizer_info")
+        def tokenizer_info() -> dict[str, Any]:
+            return {"eos_token": EOS, "bos_token": None, "pad_token": PAD,
+                    "model_max_length": getattr(llm, "context_length", None), "tokenizer_class": "k2 (tokenizers BPE)"}
+
+        @app.post("/tokenize")
+        def tokenize(body: dict[str, Any]):
+            text = body.get("prompt")
+            if not isinstance(text, str):
+                return error(400, "tokenize: expected {\"prompt\": string}")
+            ids = tok.encode(text, add_special_tokens=bool(body.get("add_special_tokens", False))).ids
+            return {"tokens": ids, "count": len(ids), "max_model_len": getattr(llm, "context_length", None)}
+
+        @app.post("/detokenize")
+        def detokenize(body: dict[str, Any]):
+            ids = body.get("tokens")
+            if not isinstance(ids, list) or not all(isinstance(t, int) for t in ids):
+                return error(400, "detokenize: expected {\"tokens\": [int, ...]}")
+            return {"prompt": tok.decode(ids, skip_special_tokens=False)}
 
     def chat_setup(req: ChatRequest):
         from k2core.text import chat
