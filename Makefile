@@ -51,7 +51,7 @@ sysdeps:
 demo: $(STAMP)
 	K2_LOCAL_API=ephemeral $(BIN)/k2 run --profile tiny
 	@echo
-	@echo "Evaluation of the run's models (HumanEval, LiveCodeBench, BFCL, agentic pass^k, math, MCQ, gym; k2 show evaluate for all of it):"
+	@echo "Evaluation of the run's models (HumanEval, LiveCodeBench, BFCL, agentic pass^k, math, MCQ, gym, SWE; k2 show evaluate for all of it):"
 	@$(BIN)/k2 show evaluate | sed -n '/^scores/,/^$$/p'
 	@echo "Results are in ./k2-store (artifacts/, runs/). The trained model, its loss / max-logit / expert-load"
 	@echo "plots and telemetry:  ls ./k2-store/artifacts/pretrain/*/  (model/, training.png, telemetry.parquet)"

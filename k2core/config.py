@@ -609,14 +609,27 @@ class GymSuite(Section):
     max_tokens: dict[str, int] = Field(default_factory=dict, description="env -> token budget (default: the env's)")
 
 
+class SweSuite(Section):
+    """SWE-style repositories: the agent edits files through tools; resolved = the hidden tests pass."""
+
+    path: str | None = Field(None, description="JSON Lines (SWE-bench's fields, repositories inline); None: the "
+                                               "shipped sample (k2core/eval/samples/swe_style.jsonl)")
+    limit: int | None = Field(None, ge=1)
+    max_turns: int = Field(12, ge=1, description="agent generations per episode")
+    max_tokens: int = Field(512, ge=8, description="per agent turn")
+    temperature: float = Field(0.0, ge=0.0)
+    timeout_s: float = Field(10.0, gt=0, description="seconds per sandboxed run (tools, tests)")
+
+
 class EvaluateConfig(Section):
     """The `evaluate` stage: benchmark suites on the run's models."""
 
     models: list[Literal["pretrain", "sft", "rl"]] = Field(default_factory=lambda: ["pretrain", "sft", "rl"],
                                                            description="which of the run's models to evaluate")
-    suites: list[Literal["humaneval", "livecodebench", "bfcl", "agentic", "math", "mcq", "gym"]] = Field(
-        default_factory=lambda: ["humaneval", "livecodebench", "bfcl", "agentic", "math", "mcq", "gym"],
-        description="k2core/eval/suites.py; math, mcq and livecodebench read shipped sample files unless given a path")
+    suites: list[Literal["humaneval", "livecodebench", "bfcl", "agentic", "math", "mcq", "gym", "swe"]] = Field(
+        default_factory=lambda: ["humaneval", "livecodebench", "bfcl", "agentic", "math", "mcq", "gym", "swe"],
+        description="k2core/eval/suites.py; math, mcq, livecodebench and swe read shipped sample files unless "
+                    "given a path")
     humaneval: HumanEvalSuite = Field(default_factory=HumanEvalSuite)
     livecodebench: LiveCodeBenchSuite = Field(default_factory=LiveCodeBenchSuite)
     bfcl: BfclSuite = Field(default_factory=BfclSuite)
@@ -624,6 +637,7 @@ class EvaluateConfig(Section):
     math: MathSuite = Field(default_factory=MathSuite)
     mcq: McqSuite = Field(default_factory=McqSuite)
     gym: GymSuite = Field(default_factory=GymSuite)
+    swe: SweSuite = Field(default_factory=SweSuite)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
 
@@ -695,7 +709,8 @@ PROFILES: dict[str, dict[str, Any]] = {
              "evaluate": {"humaneval": {"limit": 30, "max_tokens": 128}, "bfcl": {"limit": 6, "max_tokens": 96},
                           "agentic": {"tasks": 6, "trials": 2, "max_turns": 3, "max_tokens": 96},
                           "livecodebench": {"max_tokens": 128}, "math": {"max_tokens": 64},
-                          "mcq": {"max_tokens": 24}, "gym": {"prompts": 8}}},
+                          "mcq": {"max_tokens": 24}, "gym": {"prompts": 8},
+                          "swe": {"max_turns": 3, "max_tokens": 96}}},
     "h200": {"ingest": {"max_docs": None},
              "pretrain": {"preset": "h200", "steps": 600, "micro_batch": 8, "grad_accum": 16, "warmup_steps": 30,
                           "eval_every": 100, "checkpoint_every": 250, "optim": {"lr": 1e-3}}},

@@ -137,10 +137,10 @@ EVALUATE = register(StageSpec(
     run="k2core.eval.stage:run", suite=evaluate_suite, code_version="1", gate_frame="k2core.eval.stage:gate_frame",
     modules=("k2core.eval.stage", "k2core.eval.suites", "k2core.eval.bfcl", "k2core.eval.humaneval",
              "k2core.eval.livecodebench", "k2core.eval.answers", "k2core.eval.agentic", "k2core.eval.metrics",
-             "k2core.eval.files", "k2core.rl.gym", "k2core.agentic.rollout", "k2core.text.chat", "k2core.infer.engine",
+             "k2core.eval.files", "k2core.eval.swe", "k2core.rl.gym", "k2core.agentic.rollout", "k2core.text.chat", "k2core.infer.engine",
              "k2core.sandbox"),
     description="benchmark suites in their native formats (HumanEval, LiveCodeBench, BFCL, agentic pass^k, "
-                "AIME-style math, GPQA-style MCQ, the gym's held-out seeds) on the run's models",
+                "AIME-style math, GPQA-style MCQ, the gym's held-out seeds, SWE-style repositories) on the run's models",
 ))
 
 # ---------------------------------------------------------------------------- selection and planning

@@ -152,7 +152,8 @@ def run_episodes(episodes: list[Episode], agent, params, user=None, simulator=No
     on their user, one batched agent call for those waiting on the agent, one batched simulator
     call for simulated tools. `agent` is an :class:`~k2core.infer.llm.LLM`; `params` its
     :class:`~k2core.infer.llm.TextParams` (``keep_special`` is forced on: tool calls are special
-    tokens). `user` is a :class:`BlueprintUser` (default) or a :class:`TeacherUser`."""
+    tokens). `user` is a :class:`BlueprintUser` (default), a :class:`TeacherUser` (``respond_batch``)
+    or any object with ``respond(task, messages, rng)``."""
     from dataclasses import replace
 
     user = user or BlueprintUser()
@@ -165,10 +166,10 @@ def run_episodes(episodes: list[Episode], agent, params, user=None, simulator=No
         rounds += 1
         waiting = [e for e in live if e.phase == "user"]
         if waiting:
-            if isinstance(user, BlueprintUser):
-                texts = [user.respond(e.task, e.messages, e.rng) for e in waiting]
-            else:
+            if hasattr(user, "respond_batch"):        # a model playing the user: one batched call
                 texts = user.respond_batch([(e.task, e.messages) for e in waiting])
+            else:                                      # rendered users (blueprint, an issue's statement)
+                texts = [user.respond(e.task, e.messages, e.rng) for e in waiting]
             for e, t in zip(waiting, texts):
                 if t is None:
                     e.error("context_exceeded", "the conversation no longer fits the user simulator's context")

@@ -10,6 +10,7 @@ the plots, ``k2 compare`` and the promotion gate lead with.
     math           AIME-style JSON Lines, math-verify                                 avg@k
     mcq            GPQA-style CSV, options shuffled with a seed                       accuracy
     gym            the RL gym's environments at seeds neither rl trains nor holds out overall
+    swe            SWE-style repositories: the agent edits through tools, hidden tests   resolved
 """
 from __future__ import annotations
 
@@ -271,3 +272,21 @@ def _gym_values(score):
 
 
 register(Suite("gym", "overall", _gym_load, _gym_run, _gym_values))
+
+
+# ---------------------------------------------------------------------------- swe
+def _swe_load(cfg, inputs):
+    from k2core.eval import swe
+
+    return swe.read_tasks(cfg.swe.path, cfg.swe.limit)
+
+
+def _swe_run(llm, cfg, tasks):
+    from k2core.eval import swe
+
+    s = cfg.swe
+    results = swe.attempt(llm, tasks, s.max_turns, s.max_tokens, s.temperature, cfg.seed, s.timeout_s)
+    return swe.score(results), results
+
+
+register(Suite("swe", "resolved", _swe_load, _swe_run, lambda s: {"resolved": (s.get("resolved"), s.get("instances", 0))}))

@@ -19,7 +19,8 @@ EVAL = ["evaluate.humaneval.limit=4", "evaluate.humaneval.max_tokens=24", "evalu
         "evaluate.agentic.max_turns=1", "evaluate.agentic.max_tokens=16", "evaluate.livecodebench.limit=2",
         "evaluate.livecodebench.max_tokens=16", "evaluate.math.limit=2", "evaluate.math.max_tokens=16",
         "evaluate.mcq.limit=2", "evaluate.mcq.max_tokens=8", "evaluate.gym.prompts=2", "evaluate.gym.envs=[math,logic]",
-        "evaluate.gym.max_tokens={math: 8, logic: 8}"]
+        "evaluate.gym.max_tokens={math: 8, logic: 8}", "evaluate.swe.limit=1", "evaluate.swe.max_turns=1",
+        "evaluate.swe.max_tokens=16"]
 
 
 @pytest.fixture(scope="module")
@@ -55,11 +56,11 @@ def test_every_suite_on_every_model_with_results_and_reasons(evaluated, sft_mode
         assert [r["task_id"] for r in he_res] == ["HumanEval/0", "HumanEval/2"] and all(r["result"] for r in he_res)
         ag = [json.loads(x) for x in Path(art.path(f"results/{model}-agentic.jsonl")).read_text().splitlines()]
         assert len(ag) == 2 and all(len(t["successes"]) == 2 for t in ag)
-        for suite, n in (("livecodebench", 2), ("math", 2), ("mcq", 2), ("gym", 4)):    # every item with a reason
+        for suite, n in (("livecodebench", 2), ("math", 2), ("mcq", 2), ("gym", 4), ("swe", 1)):    # every item with a reason
             res = [json.loads(x) for x in Path(art.path(f"results/{model}-{suite}.jsonl")).read_text().splitlines()]
             assert len(res) == n and all(r.get("reason") or r.get("result") for r in res), suite
         assert {f"{model}_math_avg_at_k", f"{model}_mcq_accuracy", f"{model}_gym_math", f"{model}_gym_logic",
-                f"{model}_gym_overall", f"{model}_livecodebench_pass_at_1"} <= set(m)
+                f"{model}_gym_overall", f"{model}_livecodebench_pass_at_1", f"{model}_swe_resolved"} <= set(m)
     assert "evaluate.png" in art.files("")
     report = json.loads(Path(art.path("report.json")).read_text())
     assert report["bad_rows"]["humaneval"] == ["row 3: missing prompt, test, entry_point"]
