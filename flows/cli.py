@@ -91,7 +91,7 @@ def cmd_rerun(args) -> int:
     base = dict(record.config)
     base.pop("store", None)  # the store is where we read the run from, not where it once ran
     cfg = config_from_args(args, base=base)
-    pinned = upstream_of(store, args.stage, args.run)
+    pinned = upstream_of(store, args.stage, args.run, cfg)
     return _run_pipeline(args, cfg, store, stages=args.stage, pinned=pinned, rerun_of=args.run)
 
 

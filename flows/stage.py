@@ -31,7 +31,7 @@ def run_stage(name: str, config: PipelineConfig, force: bool = False, run_id: st
             plan_ = PlannedStage.from_record(get_stage(name), planned)
         else:
             if rerun_of and not inputs:
-                inputs = upstream_of(store, name, rerun_of)
+                inputs = upstream_of(store, name, rerun_of, config)
             plan_ = plan_stage(config, store, name, inputs or {})
             _rename(fr_id, run_name(name, plan_.version))
         if recorder is None:  # the stage flow triggered on its own (a per-stage deployment)

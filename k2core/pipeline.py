@@ -132,9 +132,15 @@ RL = register(StageSpec(
                 "temperature decay); held-out reward before / after",
 ))
 
+def evaluate_inputs(cfg: PipelineConfig) -> list[str]:
+    """evaluate reads the models it scores, and synthesize only for the agentic suite."""
+    return [*cfg.evaluate.models, *(["synthesize"] if "agentic" in cfg.evaluate.suites else [])]
+
+
 EVALUATE = register(StageSpec(
     name="evaluate", section="evaluate", inputs=("pretrain", "sft", "rl", "synthesize"),
     run="k2core.eval.stage:run", suite=evaluate_suite, code_version="1", gate_frame="k2core.eval.stage:gate_frame",
+    select_inputs=evaluate_inputs,
     modules=("k2core.eval.stage", "k2core.eval.suites", "k2core.eval.bfcl", "k2core.eval.humaneval",
              "k2core.eval.livecodebench", "k2core.eval.answers", "k2core.eval.agentic", "k2core.eval.metrics",
              "k2core.eval.files", "k2core.eval.swe", "k2core.rl.gym", "k2core.agentic.rollout", "k2core.text.chat", "k2core.infer.engine",
@@ -176,14 +182,14 @@ def plan(cfg: PipelineConfig, store: Store, selected: list[str],
         n = todo.pop()
         if n not in needed:
             needed.add(n)
-            todo.extend(d for d in get_stage(n).inputs if d not in pinned)
+            todo.extend(d for d in get_stage(n).inputs_for(cfg) if d not in pinned)
     versions: dict[str, str] = dict(pinned)
     out = []
     for spec in stages():
         if spec.name not in needed:
             continue
         section = getattr(cfg, spec.section).model_dump(mode="json")
-        inputs = {dep: versions[dep] for dep in spec.inputs}
+        inputs = {dep: versions[dep] for dep in spec.inputs_for(cfg)}
         source = resolve_ref(spec.fingerprint)(cfg) if spec.fingerprint else None
         code = spec.code_hash()
         version = compute_version(spec.name, code, section, inputs, source)
@@ -226,11 +232,12 @@ def why_recompute(p: PlannedStage, store: Store) -> str:
     return "; ".join(changes) or "not in the store"
 
 
-def upstream_of(store: Store, stage: str, run_id: str) -> dict[str, str]:
-    """The versions of `stage`'s inputs that an earlier run used (to rerun the stage against them)."""
+def upstream_of(store: Store, stage: str, run_id: str, cfg: PipelineConfig | None = None) -> dict[str, str]:
+    """The versions of `stage`'s inputs (those `cfg` reads) that an earlier run used (to rerun the
+    stage against them)."""
     record = load_run(store, run_id)
     out = {}
-    for dep in get_stage(stage).inputs:
+    for dep in get_stage(stage).inputs_for(cfg):
         try:
             version = record.stage(dep).version
         except KeyError:

@@ -95,6 +95,15 @@ class StageSpec:
     prepare: Ref | None = None                     # PipelineConfig -> None: start slow resources (a
     #                                                cluster) early, when a run that computes this stage begins
     description: str = ""
+    select_inputs: Ref | None = None               # PipelineConfig -> the inputs this config reads
+    #                                                (a subset of `inputs`; default: all of them)
+
+    def inputs_for(self, cfg: Any | None) -> tuple[str, ...]:
+        """The upstream stages a run under `cfg` reads (in `inputs` order)."""
+        if cfg is None or self.select_inputs is None:
+            return self.inputs
+        want = set(resolve_ref(self.select_inputs)(cfg))
+        return tuple(d for d in self.inputs if d in want)
 
     def code_hash(self) -> str:
         """Declared version + a hash of the modules' source: edited code -> new version."""

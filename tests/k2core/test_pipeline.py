@@ -69,3 +69,20 @@ def test_registering_a_name_twice_raises(toy_stages):
     with pytest.raises(K2Error, match="input stage nowhere must be registered first"):
         pl.register(StageSpec("toy_orphan", "ingest", ("nowhere",), spec.run, spec.suite, "1"))
     assert [s.name for s in pl.stages()].count("toy_wc") == 1 and "toy_orphan" not in pl._REGISTRY
+
+
+def test_evaluate_reads_only_the_models_it_scores(tmp_path):
+    """evaluate's inputs follow its config: the models it scores, synthesize only for agentic."""
+    from k2core.config import load_config
+    from k2core.pipeline import get_stage, plan
+    from k2core.store import open_store
+
+    spec = get_stage("evaluate")
+    cfg = load_config(overrides=[f"store.uri={tmp_path}"])
+    assert spec.inputs_for(cfg) == ("pretrain", "sft", "rl", "synthesize") == spec.inputs_for(None)
+    cfg = load_config(overrides=[f"store.uri={tmp_path}", "evaluate.models=[sft]", "evaluate.suites=[humaneval,mcq]"])
+    assert spec.inputs_for(cfg) == ("sft",)
+    [p] = plan(cfg, open_store(str(tmp_path)), ["evaluate"])
+    assert set(p.inputs) == {"sft"}
+    needed = {q.name for q in plan(cfg, open_store(str(tmp_path)), ["evaluate", "sft"])}
+    assert needed == {"evaluate", "sft"}
