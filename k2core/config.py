@@ -323,9 +323,12 @@ class RLConfig(TrainConfig):
     updates_per_iteration: int = Field(1, ge=1, description="optimizer steps on each iteration's rollouts "
                                                             "(π_old stays the iteration's starting policy)")
     tasks: list[str] = Field(default_factory=lambda: ["math", "logic", "instructions", "coding"],
-                             description="gym environments sampled every iteration (k2core/rl/gym.py)")
+                             description="gym environments sampled every iteration (k2core/rl/gym.py; "
+                                         "`tools`: multi-turn tool use in synthesize's domains)")
     logic_tasks: list[str] | None = Field(None, description="reasoning-gym tasks of the logic environment "
                                                             "(default: the short-answer list)")
+    tool_max_turns: int = Field(4, ge=1, description="tools environment: agent turns per episode (multi-turn "
+                                                     "tasks of synthesize's executable domains)")
     prompts_per_task: int = Field(8, ge=1, description="prompts per task type and iteration")
     samples: int = Field(4, ge=2, description="K: responses per prompt")
     difficulty: dict[str, int] = Field(default_factory=dict, description="task -> difficulty level (default 1)")

@@ -108,16 +108,20 @@ class _CheckpointLLM(LLM):
     def _load_tokenizer(self, path: Path) -> None:
         from tokenizers import Tokenizer
 
-        from k2core.text.special_tokens import EOS
-
         if not (path / "tokenizer.json").exists():
             raise LLMError(f"{self.backend} engine: {path} has no tokenizer.json (use a checkpoint from the "
                            "pretrain stage)")
-        self.tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+        self._set_tokenizer(Tokenizer.from_file(str(path / "tokenizer.json")),
+                            path.name if path.name != "model" else path.parent.name)
+
+    def _set_tokenizer(self, tokenizer, name: str) -> None:
+        from k2core.text.special_tokens import EOS
+
+        self.tokenizer = tokenizer
         self._encoded: dict[str, list[int]] = {}      # prompts encoded by fits(), for the next generate
         eos = self.tokenizer.token_to_id(EOS)
         self.stop_ids = [eos] if eos is not None else []
-        self.model = path.name if path.name != "model" else path.parent.name
+        self.model = name
 
     context_length: int | None = None
 
@@ -187,6 +191,17 @@ class NativeLLM(_CheckpointLLM):
             self.engine.max_batch = max_batch
         self.context_length = int(self.engine.model.config.max_position_embeddings)
         self._lock = threading.Lock()            # one engine: requests from a server take turns
+
+    @classmethod
+    def over(cls, engine, tokenizer, name: str = "policy") -> "NativeLLM":
+        """The LLM interface over an engine already built (the rl stage's rollout engine, whose
+        weights it syncs from the policy), with a ``tokenizers`` tokenizer."""
+        self = cls.__new__(cls)
+        self._set_tokenizer(tokenizer, name)
+        self.engine = engine
+        self.context_length = int(engine.model.config.max_position_embeddings)
+        self._lock = threading.Lock()
+        return self
 
     def generate(self, prompts: list[str], params: TextParams | None = None,
                  progress: bool = True) -> list[Completion]:

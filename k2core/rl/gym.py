@@ -372,6 +372,76 @@ class CodingEnv(Environment):
             return list(ex.map(one, problems, responses))
 
 
+# ---------------------------------------------------------------------------- tool use (multi-turn)
+@register
+class ToolUseEnv(Environment):
+    """Multi-turn tasks of synthesize's executable domains (τ²-shaped): the policy is the agent in
+    the one rollout loop (k2core/agentic/rollout.py), the user is the blueprint renderer, and the
+    reward is τ²'s verdict on the episode (the database state hash after the agent's calls, and
+    what it had to say) — 1 or 0. Training prompts come from the train split, held-out ones from
+    the held-out split. ``episodic``: the rl stage rolls these out as conversations and trains on
+    every assistant-written token of them (:meth:`rollout`)."""
+
+    name = "tools"
+    max_tokens = 96                     # per agent turn
+    episodic = True
+
+    def __init__(self, synthesize=None, max_turns: int = 4):
+        if synthesize is None:
+            raise ConfigError("gym tools: needs the run's synthesize artifact (the rl stage passes it)")
+        from k2core.eval.agentic import heldout_tasks
+
+        split = json.loads(open(synthesize.path("tasks/split_tasks.json")).read())
+        self.max_turns = max_turns
+        self.train, self.worlds = heldout_tasks(synthesize, set(split.get("train", [])))
+        self.held, _ = heldout_tasks(synthesize, set(split.get("test", [])))
+        if not self.train:
+            raise ConfigError("gym tools: the synthesize artifact has no train-split task of an executable domain")
+
+    def _pick(self, pool: list, seed: int, n: int, difficulty: int) -> list[Problem]:
+        rng = random.Random(f"tools/{seed}/{difficulty}")
+        picks = [pool[rng.randrange(len(pool))] for _ in range(n)] if pool else []
+        return [Problem(self.name, f"tools-{seed}-{i}", f"{d}:{t['id']}", t, difficulty, {"domain": d})
+                for i, (d, t) in enumerate(picks)]
+
+    def generate(self, seed: int, n: int, difficulty: int = 1) -> list[Problem]:
+        return self._pick(self.train, seed, n, difficulty)
+
+    def heldout(self, seed: int, n: int, difficulty: int = 1) -> list[Problem]:
+        return self._pick(self.held, seed, n, difficulty)
+
+    def score(self, problems: list[Problem], responses: list[str]) -> list[Verdict]:
+        raise ConfigError("gym tools: episodes are scored as they end (rollout), not from one response")
+
+    def rollout(self, llm, problems: list[Problem], k: int, params) -> list[dict[str, Any]]:
+        """`k` episodes per problem, advanced together; each: messages, tools, the verdict, whether
+        it was cut (the turn limit, the context), and the agent's turns."""
+        from k2core.agentic import blueprint as B
+        from k2core.agentic.domains import DOMAINS
+        from k2core.agentic.rollout import DomainEnv, Episode, run_episodes
+        from k2core.agentic.tasks import grade
+
+        jobs = [p for p in problems for _ in range(k)]
+        eps = [Episode(p.answer, DomainEnv(DOMAINS[p.meta["domain"]], self.worlds[p.meta["domain"]]),
+                       DOMAINS[p.meta["domain"]].toolkit.openai_tools(),
+                       [{"role": "system", "content": B.agent_system_prompt(DOMAINS[p.meta["domain"]])}],
+                       seed=(params.seed or 0) + i) for i, p in enumerate(jobs)]
+        if eps:
+            run_episodes(eps, llm, params, max_turns=self.max_turns)
+        out = []
+        for p, e in zip(jobs, eps):
+            d = p.meta["domain"]
+            try:
+                g = grade(DOMAINS[d], self.worlds[d], p.answer, e.messages, e.termination)
+                v = Verdict(float(g.success), "correct" if g.success else
+                            f"wrong: {'; '.join(g.reasons)[:160] or e.termination}")
+            except Exception as err:        # noqa: BLE001 — a grading failure is a verdict, not a crash
+                v = Verdict(0.0, f"verifier_error: {type(err).__name__}: {err}"[:200])
+            out.append({"messages": e.messages, "tools": e.tools, "verdict": v, "turns": e.turns,
+                        "cut": e.termination in ("max_turns", "context_exceeded")})
+        return out
+
+
 # ---------------------------------------------------------------------------- prompt selection
 def difficulty_filter(rewards: list[list[float]], solved: float = 1.0) -> list[bool]:
     """Keep a prompt when the policy solves it sometimes: its pass rate over the K responses (a

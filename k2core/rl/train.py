@@ -34,6 +34,7 @@ import copy
 import json
 import time
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,27 @@ def _seed(*parts: Any) -> int:
     return zlib.crc32("/".join(map(str, parts)).encode()) % 999_983
 
 
+@dataclass
+class Episodic:
+    """One multi-turn rollout as the loop trains on it: the conversation's ids, its loss mask
+    (assistant-written tokens), finish ("length": cut at the turn limit or the context), verdict."""
+    token_ids: list[int]
+    mask: list[int]
+    finish_reason: str
+    verdict: Any
+    logprobs: None = None
+
+
+def _gen_len(x) -> int:
+    """Generated tokens of a response (an episode: its assistant-written tokens)."""
+    return sum(x.mask) if isinstance(x, Episodic) else len(x.token_ids)
+
+
+def _row_tokens(row: tuple[list[int], Any]) -> int:
+    r, p = row
+    return len(r) - p if isinstance(p, int) else sum(p)
+
+
 class Rollouts:
     """RL's batch source for `Trainer.fit`: micro-batch k of step k // grad_accum, rollouts made
     when a new iteration begins (a pure function of the policy's weights and the step: exact resume
@@ -106,6 +128,7 @@ class Rollouts:
         self._micro: list[Batch] = []
         self._stats: dict[str, Any] = {}
         self.samples: list[dict[str, Any]] = []          # a few responses per iteration, for the report
+        self._llm = None                                 # the LLM interface over the engine (episodes)
         self.heldout_skipped = 0                         # generated train prompts equal to a held-out one
         self.heldout_trained = 0                         # held-out prompts among the trained groups (must stay 0)
 
@@ -122,6 +145,8 @@ class Rollouts:
 
         env = self.envs[task]
         budget = self.cfg.max_tokens.get(task, env.max_tokens)
+        if getattr(env, "episodic", False):
+            return self._episodes(env, problems, k, budget, temp, seed)
         ids = [x for x in self._prompt_ids(problems) for _ in range(k)]
         params = SamplingParams(max_tokens=budget, temperature=temp, top_p=self.cfg.top_p if temp else 1.0,
                                 stop_token_ids=self.stop, seed=seed, logprobs=True)
@@ -130,7 +155,26 @@ class Rollouts:
                                             skip_special_tokens=False)).get("content") or "" for g in gens]
         return ids, gens, texts
 
-    def _score(self, task: str, problems, texts: list[str], k: int) -> list:
+    def _episodes(self, env, problems, k: int, budget: int, temp: float, seed: int | None):
+        """Multi-turn rollouts (the tool-use environment): each episode re-encoded in K2's chat
+        format, trained on every assistant-written token (its loss mask)."""
+        from k2core.infer.llm import NativeLLM, TextParams
+        from k2core.text import chat
+
+        if self._llm is None:
+            self._llm = NativeLLM.over(self.engine, self.tok)
+        eps = env.rollout(self._llm, problems, k, TextParams(max_tokens=budget, temperature=temp,
+                                                              top_p=self.cfg.top_p if temp else 1.0, seed=seed))
+        gens, texts = [], []
+        for e in eps:
+            ids, mask = chat.encode(self.tok, e["messages"], e["tools"])
+            gens.append(Episodic(ids, mask, "length" if e["cut"] else "stop", e["verdict"]))
+            texts.append(next((m.get("content") or "" for m in reversed(e["messages"]) if m["role"] == "assistant"), ""))
+        return [[] for _ in eps], gens, texts
+
+    def _score(self, task: str, problems, texts: list[str], k: int, gens=None) -> list:
+        if gens and isinstance(gens[0], Episodic):
+            return [g.verdict for g in gens]
         return self.envs[task].score([p for p in problems for _ in range(k)], texts)
 
     @torch.no_grad()
@@ -141,7 +185,7 @@ class Rollouts:
         total = []
         for task, problems in self.heldout.items():
             _, gens, texts = self._generate(task, problems, 1, 0.0, None)
-            verdicts = self._score(task, problems, texts, 1)
+            verdicts = self._score(task, problems, texts, 1, gens)
             rewards = budget_penalty([v.reward for v in verdicts], [g.finish_reason == "length" for g in gens],
                                      self.cfg.truncation_reward)
             out[f"heldout_reward_{task}"] = float(np.mean(rewards))
@@ -167,13 +211,16 @@ class Rollouts:
         model.train(was)
         return torch.cat(out) if out else torch.zeros(0)
 
-    def _pad(self, rows: list[tuple[list[int], int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _pad(self, rows: list[tuple[list[int], Any]]) -> tuple[torch.Tensor, torch.Tensor]:
         T = -(-max(len(r) for r, _ in rows) // PAD_TO) * PAD_TO
         ids = torch.full((len(rows), T), self.pad, dtype=torch.long)
         mask = torch.zeros(len(rows), T, dtype=torch.long)
         for i, (r, p) in enumerate(rows):
             ids[i, :len(r)] = torch.tensor(r)
-            mask[i, p:len(r)] = 1
+            if isinstance(p, int):
+                mask[i, p:len(r)] = 1          # a response after its prompt
+            else:
+                mask[i, :len(r)] = torch.tensor(p)  # an episode: its assistant-written tokens
         return ids.to(self.device), mask.to(self.device)
 
     def _iterate(self, step: int) -> None:
@@ -205,7 +252,7 @@ class Rollouts:
                 g0 = time.perf_counter()
                 ids, gens, texts = self._generate(task, problems, k, temp, _seed(cfg.seed, it, draw, task, "sample"))
                 g1 = time.perf_counter()
-                verdicts = self._score(task, problems, texts, k)
+                verdicts = self._score(task, problems, texts, k, gens)
                 t_gen, t_score = t_gen + g1 - g0, t_score + time.perf_counter() - g1
                 for j, p in enumerate(problems):
                     sl = slice(j * k, (j + 1) * k)
@@ -214,7 +261,7 @@ class Rollouts:
                     raw = [v.reward for v in vs]
                     rewards = budget_penalty(raw, cut, cfg.truncation_reward)
                     if cfg.length_penalty and step >= cfg.length_penalty_warmup:
-                        bonus = length_penalty([len(g.token_ids) for g in gs], [r >= 1.0 for r in raw])
+                        bonus = length_penalty([_gen_len(g) for g in gs], [r >= 1.0 for r in raw])
                         rewards = [r + cfg.length_penalty * b for r, b in zip(rewards, bonus)]
                     group = {"task": task, "problem": p, "prompt_ids": ids[j * k], "gens": gs, "texts": texts[sl],
                              "rewards": rewards, "raw": raw, "cut": cut, "reasons": [v.reason for v in vs]}
@@ -229,10 +276,10 @@ class Rollouts:
                 continue
             stats[f"reward_{task}"] = float(np.mean([r for g in gs for r in g["rewards"]]))
             stats[f"pass_{task}"] = float(np.mean([r >= 1.0 for g in gs for r in g["raw"]]))
-            stats[f"length_{task}"] = float(np.mean([len(x.token_ids) for g in gs for x in g["gens"]]))
+            stats[f"length_{task}"] = float(np.mean([_gen_len(x) for g in gs for x in g["gens"]]))
             stats[f"truncated_{task}"] = float(np.mean([c for g in gs for c in g["cut"]]))
         stats["reward"] = float(np.mean([r for g in groups for r in g["rewards"]]))
-        stats["completions/mean_length"] = float(np.mean([len(x.token_ids) for g in groups for x in g["gens"]]))
+        stats["completions/mean_length"] = float(np.mean([_gen_len(x) for g in groups for x in g["gens"]]))
         stats["completions/clipped_ratio"] = float(np.mean([c for g in groups for c in g["cut"]]))
         stats["frac_reward_zero_std"] = 1 - len(informative) / len(groups)
         stats["groups"], stats["informative_groups"], stats["draws"] = len(groups), len(informative), draws
@@ -245,20 +292,23 @@ class Rollouts:
         for g in use:
             a = advantages(torch.tensor([g["rewards"]], dtype=torch.float32))[0].tolist()
             for x, ai in zip(g["gens"], a):
-                rows.append((g["prompt_ids"] + x.token_ids, len(g["prompt_ids"])))
+                rows.append((g["prompt_ids"] + x.token_ids, x.mask if isinstance(x, Episodic) else len(g["prompt_ids"])))
                 adv.append(ai)
                 weight.append(1.0 if informative else 0.0)
-                engine_lp.append(sum(x.logprobs or []))
+                engine_lp.append(sum(x.logprobs) if x.logprobs is not None else None)   # episodes: re-encoded
         l0 = time.perf_counter()
         logp_old = self._logprobs(self.policy, rows)
         logp_start = self._logprobs(self.start, rows)
         stats["logprob_s"] = time.perf_counter() - l0
-        n_tok = sum(len(r) - p for r, p in rows)
         # how far the engine's sampling log-probs (bf16 decode on GPU) are from the training forward's
-        stats["engine_logprob_gap"] = float((torch.tensor(engine_lp) - logp_old).abs().sum() / max(n_tok, 1))
+        # (single-turn responses; an episode is re-encoded from its messages, so it has none)
+        has = [i for i, v in enumerate(engine_lp) if v is not None]
+        n_tok = sum(_row_tokens(rows[i]) for i in has)
+        stats["engine_logprob_gap"] = float((torch.tensor([engine_lp[i] for i in has]) - logp_old[has]).abs().sum()
+                                            / max(n_tok, 1)) if has else float("nan")
         real = torch.tensor(weight) > 0
         stats["log_ratio_to_start"] = float((logp_old - logp_start)[real].sum() / max(1, sum(
-            len(r) - p for (r, p), w in zip(rows, weight) if w))) if bool(real.any()) else 0.0
+            _row_tokens(r) for r, w in zip(rows, weight) if w))) if bool(real.any()) else 0.0
         stats.update(eval_s=t_eval, generate_s=t_gen, score_s=t_score,
                      tokens=int(sum(len(r) for r, _ in rows)) * cfg.updates_per_iteration,
                      responses=int(sum(weight)))
@@ -309,10 +359,22 @@ def packed_rows(tok, rows: list[dict[str, Any]], seq_len: int) -> dict[str, torc
     return {"ids": torch.tensor(p.input_ids), "labels": torch.tensor(p.labels), "segment_ids": torch.tensor(p.segment_ids)}
 
 
-def make_envs(cfg) -> dict[str, Any]:
+def make_envs(cfg, synthesize=None) -> dict[str, Any]:
     from k2core.rl.gym import make
 
-    return {t: make(t, **({"tasks": cfg.logic_tasks} if t == "logic" and cfg.logic_tasks else {})) for t in cfg.tasks}
+    def options(t: str) -> dict[str, Any]:
+        if t == "logic" and cfg.logic_tasks:
+            return {"tasks": cfg.logic_tasks}
+        if t == "tools":
+            return {"synthesize": synthesize, "max_turns": cfg.tool_max_turns}
+        return {}
+    return {t: make(t, **options(t)) for t in cfg.tasks}
+
+
+def heldout_problems(cfg, envs: dict[str, Any]) -> dict[str, list]:
+    """Held-out prompts per environment: seeds no iteration uses; the tool-use tasks' held-out split."""
+    return {t: (env.heldout if hasattr(env, "heldout") else env.generate)(
+        HELDOUT_SEED + cfg.seed, cfg.heldout_prompts, cfg.difficulty.get(t, 1)) for t, env in envs.items()}
 
 
 def train(cfg, base: Path, tok, envs: dict, heldout: dict, ptx, val_rows, resume: Path, log, progress):
@@ -354,9 +416,8 @@ def run(ctx) -> dict[str, Any]:
     base = model_dir(ctx.inputs["sft"])
     syn = ctx.inputs["synthesize"]
     tok = Tokenizer.from_file(str(base / "tokenizer.json"))
-    envs = make_envs(cfg)
-    heldout = {t: env.generate(HELDOUT_SEED + cfg.seed, cfg.heldout_prompts, cfg.difficulty.get(t, 1))
-               for t, env in envs.items()}
+    envs = make_envs(cfg, syn)
+    heldout = heldout_problems(cfg, envs)
     ptx = packed_rows(tok, read_trajectories(syn, "train"), cfg.ptx_seq_len) if cfg.ptx_weight else None
     if cfg.ptx_weight and ptx is None:
         raise TrainingFailed("rl: ptx_weight > 0 but no synthesize train trajectory fits rl.ptx_seq_len")
