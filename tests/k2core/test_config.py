@@ -73,3 +73,14 @@ def test_shipped_launch_configs_load_and_keep_the_global_batch():
     assert (one.nproc, two.nproc) == (1, 2) and one.preset == two.preset == "h200"
     assert one.micro_batch * one.grad_accum == two.micro_batch * two.grad_accum
     assert two.micro_batch // two.nproc == one.micro_batch
+
+
+def test_the_tool_calls_cpu_config_is_the_demo_with_twice_the_pretraining_and_recall():
+    """infra/launch/tool-calls-cpu.yaml: the tiny profile, 2,400 pre-training steps with recall
+    rows, 450 SFT steps (the budget docs/benchmarks.md measured at 0.81 exact calls on 2 cores)."""
+    root = Path(__file__).resolve().parents[2] / "infra" / "launch"
+    cfg, tiny = load_config(config_file=root / "tool-calls-cpu.yaml"), load_config(profile="tiny")
+    assert cfg.profile == "tiny" and cfg.pretrain.steps == 2400 > tiny.pretrain.steps
+    assert cfg.pretrain.recall.fraction == 1.0 and cfg.pretrain.recall.per_1k_tokens == 8
+    assert cfg.sft.steps == 450 and cfg.pretrain.long_context == tiny.pretrain.long_context
+    assert cfg.tokenize == tiny.tokenize and cfg.synthesize == tiny.synthesize
