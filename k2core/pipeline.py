@@ -127,7 +127,8 @@ RL = register(StageSpec(
     name="rl", section="rl", inputs=("sft", "synthesize"),
     run="k2core.rl.train:run", suite=rl_suite, code_version="1", gate_frame="k2core.train.pretrain:gate_frame",
     modules=("k2core.rl.train", "k2core.rl.gym", "k2core.rl.loss", "k2core.train.loop", "k2core.infer.engine",
-             "k2core.model.k2", "k2core.text.chat", "k2core.optim.muonclip", "k2core.agentic.coding"),
+             "k2core.model.k2", "k2core.text.chat", "k2core.optim.muonclip", "k2core.agentic.coding",
+             "k2core.agentic.rollout", "k2core.agentic.tasks", "k2core.eval.agentic"),   # the tools environment
     description="the sft model trained on the verifiable-rewards gym (K1.5 loss, MuonClip, PTX, budgets, "
                 "temperature decay); held-out reward before / after",
 ))
