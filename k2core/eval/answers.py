@@ -16,6 +16,7 @@ import random
 import re
 from typing import Any
 
+from k2core.errors import K2Error
 from k2core.eval.files import SAMPLES, field, read_jsonl, read_text
 from k2core.rl.gym import ANSWER_FORMAT, MathEnv, Problem, extract_answer
 
@@ -70,13 +71,12 @@ def _reasons(results: list[dict]) -> dict[str, int]:
 
 def read_mcq(path: str | None = None, limit: int | None = None, seed: int = 0) -> tuple[list[Problem], list[str]]:
     """Questions with the options shuffled (seeded per question); answer = the right letter."""
-    text = read_text(path or SAMPLES / "gpqa_style.csv", MCQ_FORMAT)
+    path = str(path or SAMPLES / "gpqa_style.csv")
+    text = read_text(path, MCQ_FORMAT)
     reader = csv.DictReader(io.StringIO(text))
     need = ["Question", "Correct Answer", "Incorrect Answer 1", "Incorrect Answer 2", "Incorrect Answer 3"]
     missing = [c for c in need if c not in (reader.fieldnames or [])]
     if missing:
-        from k2core.errors import K2Error
-
         raise K2Error(f"suite file {path}: no column(s) {', '.join(missing)} (expected {MCQ_FORMAT})")
     out, bad = [], []
     for i, r in enumerate(reader, 2):                       # line 1 is the header
