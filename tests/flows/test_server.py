@@ -36,7 +36,8 @@ SMALL = ["ingest.max_docs=300", "pretrain.steps=30", "pretrain.eval_every=10", "
          "pretrain.probe.sequences=4", "sft.probe.sequences=4",
          "evaluate.humaneval.limit=3", "evaluate.humaneval.max_tokens=16", "evaluate.bfcl.limit=1",
          "evaluate.bfcl.max_tokens=16", "evaluate.agentic.tasks=1", "evaluate.agentic.trials=1",
-         "evaluate.agentic.max_turns=1", "evaluate.agentic.max_tokens=16"]
+         "evaluate.agentic.max_turns=1", "evaluate.agentic.max_tokens=16",
+         "evaluate.suites=[humaneval,bfcl,agentic]"]   # the other suites: tests/k2core/eval (this test times the nightly)
 STAGES = ["ingest", "curate", "rephrase", "tokenize", "pretrain", "tools", "synthesize", "sft", "rl", "evaluate"]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
