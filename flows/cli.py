@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from flows.common import (EXIT_FAILED, EXIT_USAGE, config_from_args, configured_api, prefect_env, print_run,
-                          store_from_args, wait_for)
+                          promotion_after, store_from_args, wait_for)
 
 _STARTED = time.perf_counter()      # reset by main(); phases of a run are timed from here
 
@@ -26,18 +26,14 @@ def _run_pipeline(args, cfg, store, *, stages: str | None, pinned: dict[str, str
     planned = plan(cfg, store, select_stages(stages), pinned=pinned)
     run_id = new_run_id()
     phases = {"plan_s": time.perf_counter() - _STARTED}        # where a run's fixed cost goes (run record)
+    if getattr(args, "no_prefect", False):
+        return _run_in_process(args, cfg, store, planned, run_id, rerun_of, phases,
+                               "none (--no-prefect: stages run in this process)")
     if all(p.cached for p in planned) and not args.force and not configured_api():
         # Nothing to compute and no server of the user's to show it on: starting Prefect would cost
         # more than recording the cache hits. The run record says so.
-        from k2core.stage import execute
-
-        rec = RunRecorder.start(store, run_id, cfg.model_dump(mode="json"), planned,
-                                "none (all stages cached; Prefect not started)", rerun_of=rerun_of)
-        for p in planned:
-            rec.stage_done(execute(p, cfg, store))
-        rec.finish()
-        print_run(rec.record, args.json)
-        return 0
+        return _run_in_process(args, cfg, store, planned, run_id, rerun_of, phases,
+                               "none (all stages cached; Prefect not started)")
     orchestrator, local = prefect_env()     # a local server's start overlaps the imports below
     t = time.perf_counter()
     from flows.pipeline import k2_pipeline
@@ -67,6 +63,44 @@ def _run_pipeline(args, cfg, store, *, stages: str | None, pinned: dict[str, str
     if not state.is_completed():
         print(f"k2: error: {(record.error if record else None) or state.message}", file=sys.stderr)
         return EXIT_FAILED
+    return 0
+
+
+def _run_in_process(args, cfg, store, planned, run_id: str, rerun_of: str | None, phases: dict[str, float],
+                    orchestrator: str) -> int:
+    """Run the plan here, stage after stage, with the same run record, gates and promotion as the
+    Prefect flow — for a bare GPU box or a batch job with no Prefect installed (`--no-prefect`), and
+    for a run whose stages are all cache hits. Progress goes to the terminal."""
+    from k2core.errors import K2Error
+    from k2core.pipeline import prepare
+    from k2core.runs import RunRecorder
+    from k2core.stage import GateFailed, execute
+
+    rec = RunRecorder.start(store, run_id, cfg.model_dump(mode="json"), planned, orchestrator, rerun_of=rerun_of)
+    t = time.perf_counter()
+    prepare(cfg, planned, args.force)
+    for p in planned:
+        if not p.cached or args.force:
+            print(f"k2: {p.name}@{p.version[:8]}: {p.reason if not args.force else 'forced (--force)'}",
+                  file=sys.stderr, flush=True)
+        rec.stage_started(p.name)
+        try:
+            outcome = execute(p, cfg, store, force=args.force, run_id=run_id,
+                              log=lambda m, _n=p.name: print(f"[{_n}] {m}", file=sys.stderr, flush=True))
+        except K2Error as e:          # a failed gate or an expected failure: recorded, later stages skipped
+            rec.stage_failed(p.name, e, gate_failed=isinstance(e, GateFailed))
+            print_run(rec.record, args.json)
+            print(f"k2: error: {e}", file=sys.stderr)
+            return EXIT_FAILED
+        except BaseException as e:    # a bug or ^C: the record says the run failed, the traceback shows why
+            rec.stage_failed(p.name, e, gate_failed=False)
+            raise
+        rec.stage_done(outcome)
+    phases["stages_s"] = time.perf_counter() - t
+    rec.record.promotion = promotion_after(cfg, store, planned, run_id)
+    rec.record.timings = {k: round(v, 3) for k, v in phases.items()}
+    rec.finish()
+    print_run(rec.record, args.json)
     return 0
 
 
@@ -241,12 +275,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--stages", help="a,b or a..b (default: all)")
     sp.add_argument("--source", help="ingest source: stdlib, a JSONL/Parquet file, directory, glob or s3://")
     sp.add_argument("--force", action="store_true", help="recompute even when a committed version exists")
+    sp.add_argument("--no-prefect", action="store_true",
+                    help="run the stages in this process without Prefect (no UI; same run record, gates and "
+                         "promotion) — for a machine that has no Prefect installed")
     sp.set_defaults(func=cmd_run)
 
     sp = sub.add_parser("rerun", help="rerun one stage against an earlier run's upstream artifacts")
     sp.add_argument("stage")
     sp.add_argument("--run", required=True, metavar="RUN_ID")
     sp.add_argument("--force", action="store_true")
+    sp.add_argument("--no-prefect", action="store_true", help="run the stage in this process, without Prefect")
     common(sp)
     sp.set_defaults(func=cmd_rerun)
 

@@ -104,3 +104,28 @@ def print_run(record, as_json: bool) -> None:
         print(f"promotion: {'PROMOTED' if p.get('promoted') else 'BLOCKED'} "
               f"{p.get('candidate', '')} — {p.get('reason', '')}   (k2 show promoted)")
     print(f"details: k2 show {record.run_id}   lineage: k2 lineage {record.stages[-1].stage}")
+
+
+def promotion_after(config, store, steps, run_id: str, publish=None) -> dict[str, Any] | None:
+    """The promotion gate on this run's evaluate artifact (k2core/promote.py): the decision is kept in
+    the store (and handed to `publish(markdown, description)` — the Prefect UI's artifact — when
+    given); a blocked promotion does not fail the run (its stages are fine)."""
+    ev = next((p for p in steps if p.name == "evaluate"), None)
+    if ev is None or not config.promote.enabled:
+        return None
+    from k2core import promote
+    from k2core.errors import K2Error
+
+    try:
+        decision = promote.decide(store, store.artifact("evaluate", ev.version), config.promote, run_id)
+    except K2Error as e:
+        if publish:
+            publish(f"# Promotion: not decided\n\n{e}\n", "promotion: not decided")
+        return {"promoted": False, "reason": str(e)}
+    promote.record(store, decision)
+    if publish:
+        publish(decision.markdown(), f"promotion: {'promoted' if decision.promoted else 'blocked'}")
+    print(f"k2: promotion {'PROMOTED' if decision.promoted else 'BLOCKED'} "
+          f"{decision.candidate['stage']}/{decision.candidate['version']}: {decision.reason}", file=sys.stderr, flush=True)
+    return {"promoted": decision.promoted, "candidate": f"{decision.candidate['stage']}/{decision.candidate['version']}",
+            "reason": decision.reason}

@@ -8,6 +8,7 @@ from prefect.runtime import flow_run
 from prefect.settings import temporary_settings
 from prefect.states import Failed, State
 
+from flows.common import promotion_after
 from flows.stage import stage_flow
 from k2core.config import PipelineConfig
 from k2core.errors import K2Error
@@ -51,25 +52,8 @@ def k2_pipeline(config: PipelineConfig = PipelineConfig(), stages: str | None = 
 
 
 def promote_after(config: PipelineConfig, store, steps: list[PlannedStage], run_id: str) -> dict[str, Any] | None:
-    """The promotion gate on this run's evaluate artifact (k2core/promote.py): the decision is kept in
-    the store and shown in the UI; a blocked promotion does not fail the run (its stages are fine)."""
-    ev = next((p for p in steps if p.name == "evaluate"), None)
-    if ev is None or not config.promote.enabled:
-        return None
+    """The promotion gate (flows.common.promotion_after), its decision shown in the Prefect UI."""
     from prefect.artifacts import create_markdown_artifact
 
-    from k2core import promote
-
-    try:
-        decision = promote.decide(store, store.artifact("evaluate", ev.version), config.promote, run_id)
-    except K2Error as e:
-        create_markdown_artifact(f"# Promotion: not decided\n\n{e}\n", key="k2-promotion",
-                                 description="promotion: not decided")
-        return {"promoted": False, "reason": str(e)}
-    promote.record(store, decision)
-    create_markdown_artifact(decision.markdown(), key="k2-promotion",
-                             description=f"promotion: {'promoted' if decision.promoted else 'blocked'}")
-    print(f"k2: promotion {'PROMOTED' if decision.promoted else 'BLOCKED'} "
-          f"{decision.candidate['stage']}/{decision.candidate['version']}: {decision.reason}", flush=True)
-    return {"promoted": decision.promoted, "candidate": f"{decision.candidate['stage']}/{decision.candidate['version']}",
-            "reason": decision.reason}
+    return promotion_after(config, store, steps, run_id, publish=lambda md, desc: create_markdown_artifact(
+        md, key="k2-promotion", description=desc))

@@ -143,3 +143,43 @@ def test_runs_share_the_local_server_that_k2_server_stop_stops(tmp_path, env):
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"{api}/health", timeout=2)
     assert k2("server", "--stop", env=env).stdout.strip() == "k2: no local Prefect server is running"
+
+
+def _without_prefect(tmp_path, env) -> dict:
+    """An environment in which `import prefect` fails, as on a bare GPU box."""
+    site = tmp_path / "no-prefect"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class _NoPrefect:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'prefect' or name.startswith('prefect.'):\n"
+        "            raise ImportError(f'prefect is not installed here ({name})')\n"
+        "sys.meta_path.insert(0, _NoPrefect())\n")
+    return dict(env, PYTHONPATH=os.pathsep.join([str(site), env.get("PYTHONPATH", "")]))
+
+
+def test_run_without_prefect(tmp_path, env):
+    """`k2 run --no-prefect` runs the stages in its own process — same run record, cache and gates —
+    where Prefect cannot even be imported; a failed gate fails the run and names the stage."""
+    e = _without_prefect(tmp_path, env)
+    assert "ImportError" in subprocess.run([sys.executable, "-c", "import prefect"], env=e, capture_output=True,
+                                           text=True).stderr
+    src = write_jsonl(tmp_path / "docs.jsonl", [{"text": f"document {i}"} for i in range(30)] + ["{broken"])
+    store = tmp_path / "store"
+    run = json.loads(k2("run", "--no-prefect", "--stages", "ingest", "--source", src, "--store", store, "--json",
+                        env=e).stdout)
+    assert run["status"] == "completed" and run["orchestrator"].startswith("none (--no-prefect")
+    [s] = run["stages"]
+    assert s["status"] == "computed" and s["metrics"]["docs"] == 30 and s["flow_run_id"] is None
+    assert (store / "artifacts" / "ingest" / s["version"] / "manifest.json").is_file()
+    again = json.loads(k2("run", "--no-prefect", "--stages", "ingest", "--source", src, "--store", store, "--json",
+                          env=e).stdout)
+    assert [(x["status"], x["version"]) for x in again["stages"]] == [("cache_hit", s["version"])]
+    # a gate that cannot pass: the run fails at ingest, its output kept under rejected/, nothing committed
+    bad = k2("run", "--no-prefect", "--stages", "ingest", "--source", src, "--store", store,
+             "--set", "ingest.max_reject_fraction=0", env=e, check=False)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr, bad.stderr[-2000:]
+    assert "k2: error: ingest/" in bad.stderr and "gate_failed" in bad.stdout
+    runs = json.loads(k2("runs", "--store", store, "--json", env=e).stdout)
+    assert sorted(r["status"] for r in runs) == ["completed", "completed", "failed"]
