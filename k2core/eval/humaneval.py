@@ -57,18 +57,20 @@ def program(problem: dict, completion: str) -> str:
 
 
 def run(problems: dict[str, dict], samples: list[dict], timeout_s: float = 3.0, workers: int | None = None,
-        progress=None) -> list[dict[str, Any]]:
+        progress=None, warm: bool = True) -> list[dict[str, Any]]:
     """Each sample's result ``{task_id, passed, result}`` (result: "passed", "timed out", or
-    "failed: <last stderr line>"), in the samples' order; a sample of an unknown task fails."""
+    "failed: <last stderr line>"), in the samples' order; a sample of an unknown task fails.
+    `warm`: programs fork from one warm sandboxed interpreter per worker (`SandboxPool`), else each
+    starts its own sandbox."""
     from k2core.sandbox import Limits, SandboxPool
 
     limits = Limits(timeout_s=timeout_s, memory_mb=1024)
-    # `-S`: HumanEval's programs use the standard library only; skipping site's start-up work saves
-    # ~5 ms of the ~30 ms a sandboxed run costs (bench/evaluate.py)
+    # `-S`: HumanEval's programs use the standard library only (no site start-up; a warm worker runs
+    # `python -S` programs in its fork)
     known = [s for s in samples if s["task_id"] in problems]
     jobs = [{"argv": ["python", "-S", "prog.py"], "files": {"prog.py": program(problems[s["task_id"]], s["completion"])},
              "limits": limits} for s in known]
-    with SandboxPool(workers) as pool:
+    with SandboxPool(workers, warm=warm) as pool:
         results = iter(pool.map(jobs))
     out = []
     for s in samples:
