@@ -634,11 +634,15 @@ except (AttributeError, OSError) as e:
 reply({"ready": True})
 for line in inp:
     req = json.loads(line)
-    out, err = os.memfd_create("stdout"), os.memfd_create("stderr")
-    stdin = os.open(req["stdin"], os.O_RDONLY | os.O_NOFOLLOW) if req["stdin"] else os.open("/dev/null", os.O_RDONLY)
-    cap = req["cap"]
-    t0 = time.monotonic()
-    pid = os.fork()
+    try:   # a fork refused (EAGAIN under RLIMIT_NPROC), a missing stdin file: the host runs it one-shot
+        out, err = os.memfd_create("stdout"), os.memfd_create("stderr")
+        stdin = os.open(req["stdin"], os.O_RDONLY | os.O_NOFOLLOW) if req["stdin"] else os.open("/dev/null", os.O_RDONLY)
+        cap = req["cap"]
+        t0 = time.monotonic()
+        pid = os.fork()
+    except OSError as e:
+        reply({"error": f"{type(e).__name__}: {e}"})
+        break
     if pid == 0:
         child(req, (stdin, out, err))
     os.close(stdin)
@@ -776,6 +780,11 @@ class WarmWorker:
                                      signal=None, isolation="bubblewrap")
         finally:
             self._clear()
+        if "error" in res:    # the worker could not start this program (and has exited): one sandbox for it
+            log.warning("sandbox: warm worker failed to start a program (%s); running it one-shot", res["error"])
+            self.close()
+            return run(argv if mode == "exec" else [SANDBOX_PYTHON, "-S", *argv], stdin=stdin, files=files,
+                       files_dir=files_dir, limits=self.limits, layer="bubblewrap", env=env)
         if not res["clean"]:
             self.close()      # something it left could not be removed: the next program gets a new worker
         status = res["status"]

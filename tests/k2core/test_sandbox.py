@@ -345,3 +345,13 @@ def test_pool_results_equal_one_shot_runs():
     for w, c in zip(warm, cold):
         assert (w.exit_code, w.stdout, w.stopped_by) == (c.exit_code, c.stdout, c.stopped_by)
         assert w.stderr.strip().splitlines()[-1:] == c.stderr.strip().splitlines()[-1:]
+
+
+@pytest.mark.skipif(LAYER != "bubblewrap" or not sb._is_root(), reason="slot uids (root) and bubblewrap")
+def test_a_program_the_worker_cannot_fork_runs_one_shot(caplog):
+    tight = Limits(max_procs=3)          # bwrap and the worker hold them all: its fork gets EAGAIN
+    with sb.WarmWorker(tight) as w:
+        r = w.run(["python", "-S", "-c", "print(1)"], limits=tight)
+    cold = run(["python", "-S", "-c", "print(1)"], limits=tight)
+    assert "running it one-shot" in caplog.text
+    assert (r.exit_code, r.stdout, r.stderr.splitlines()[-1:]) == (cold.exit_code, cold.stdout, cold.stderr.splitlines()[-1:])
